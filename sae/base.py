@@ -1,0 +1,204 @@
+"""The SAE interface every architecture implements, its config, and the registry by name.
+
+Notation: B tokens, d = d_in, F = d_sae latents, K active latents per token.
+Pre-activation h = (x - b_dec) W_enc^T + b_enc; reconstruction x_hat = z W_dec + b_dec.
+Both W_enc and W_dec are stored [F, d] (one row per latent, embedding-bag friendly);
+SAELens files hold W_enc transposed, see `sae.io`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from sae.sparse_ops import dense_preacts, gather_preacts, sparse_decode
+
+
+@dataclass
+class SAEConfig:
+    """Shape and sparsity of one SAE. Fields an architecture does not use are ignored by it."""
+
+    arch: str = "batchtopk"
+    """Architecture name: batchtopk | topk | relu | hierarchical | kron."""
+    d_in: int = 0
+    """Width of the activations the SAE reads (the model's hidden size)."""
+    d_sae: int = 4096
+    """Number of latents F."""
+    k: int = 32
+    """Active latents per token (mean per token for batchtopk; the largest level K for hierarchical)."""
+    aux_k: int = 0
+    """Latents used by the AuxK dead-latent loss; 0 = d_in // 2."""
+    aux_coeff: float = 1 / 32
+    """Weight of the AuxK loss."""
+    l1_coeff: float = 1.0
+    """L1 penalty weight (relu architecture only)."""
+    threshold_lr: float = 0.01
+    """EMA rate of the batchtopk inference threshold (running mean of the smallest kept activation)."""
+    batchtopk_candidates: int = 4
+    """batchtopk: per-token candidates = this x k before the batch-level selection (exact: falls back
+    to a full search when a token could have more)."""
+    kron_m: int = 2
+    """kron: rows m of each head's P (m <= n)."""
+    kron_n: int = 4
+    """kron: rows n of each head's Q; heads h = d_sae / (m * n)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown SAE architecture {self.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
+        if ARCHITECTURES[self.arch].uses_k and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae} (got k={self.k}); lower --k or raise --latents")
+
+    @property
+    def aux_k_eff(self) -> int:
+        return self.aux_k or max(1, self.d_in // 2)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SAEConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class ForwardOutput(NamedTuple):
+    """A training forward pass. For sparse architectures vals/idx are [B, K] (vals 0 where unused);
+    for dense ones (relu) vals is the [B, F] activation matrix and idx is None."""
+
+    recon: torch.Tensor
+    vals: torch.Tensor
+    idx: torch.Tensor | None
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+def fvu_loss(x_BD: torch.Tensor, recon_BD: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained, centred by the batch mean (scale-free training loss)."""
+    denom = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (x_BD - recon_BD).pow(2).sum() / denom
+
+
+ARCHITECTURES: dict[str, type[SAE]] = {}
+
+
+def register(cls: type[SAE]) -> type[SAE]:
+    ARCHITECTURES[cls.arch] = cls
+    return cls
+
+
+class SAE(nn.Module):
+    """Base class: parameters, init, decoder-norm upkeep, scale folding, dense/sparse decode.
+
+    Subclasses implement `encode` (inference, dense [B, F]) and `forward` (training).
+    """
+
+    arch: ClassVar[str] = ""
+    uses_k: ClassVar[bool] = True
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        F, d = cfg.d_sae, cfg.d_in
+        self.W_enc = nn.Parameter(torch.empty(F, d))
+        self.b_enc = nn.Parameter(torch.zeros(F))
+        self.W_dec = nn.Parameter(torch.empty(F, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.reset_parameters()
+
+    # ---- init and upkeep -------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Unit-norm random decoder rows; encoder = decoder (W_enc = W_dec^T in x W_enc form)."""
+        self.W_dec.copy_(torch.randn(self.W_dec.shape, generator=generator))
+        self.normalize_decoder()
+        self.W_enc.copy_(self.W_dec)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Project out the gradient component along each (unit) decoder row."""
+        if self.W_dec.grad is None:
+            return
+        W, g = self.W_dec, self.W_dec.grad
+        g.sub_((g * W).sum(1, keepdim=True) * W)
+
+    @torch.no_grad()
+    def fold_scale(self, s: float) -> None:
+        """Turn an SAE trained on s*x into one that reads and reconstructs raw x (same latents)."""
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+
+    # ---- shared pieces ---------------------------------------------------------------------
+    def preacts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """Dense pre-activations h [B, F] (no autograd graph on the fast path)."""
+        return dense_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc)
+
+    def preacts_at(self, x_BD: torch.Tensor, pre_BF: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
+        """h at idx, differentiable, at O(B K d) backward cost."""
+        return gather_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc, pre_BF, idx_BK)
+
+    def decode(self, acts_BF: torch.Tensor) -> torch.Tensor:
+        return acts_BF @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, vals_BK: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
+        return sparse_decode(vals_BK, idx_BK, self.W_dec) + self.b_dec
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reconstruct(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """Inference reconstruction (what is spliced into a model)."""
+        return self.decode(self.encode(x_BD))
+
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
+        raise NotImplementedError
+
+    # ---- the top-k family's training pass ----------------------------------------------------
+    def _sparse_forward(
+        self,
+        x_BD: torch.Tensor,
+        pre_BF: torch.Tensor,
+        vals_BK: torch.Tensor,
+        idx_BK: torch.Tensor,
+        dead_F: torch.Tensor | None,
+    ) -> ForwardOutput:
+        recon_BD = self.decode_sparse(vals_BK, idx_BK)
+        terms = {"fvu": fvu_loss(x_BD, recon_BD)}
+        return self._with_auxk(x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, terms["fvu"], terms)
+
+    def _with_auxk(self, x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, loss, terms) -> ForwardOutput:
+        if dead_F is not None and bool(dead_F.any()):
+            terms["auxk"] = self.auxk_loss(x_BD, recon_BD, pre_BF, dead_F)
+            loss = loss + self.cfg.aux_coeff * terms["auxk"]
+        return ForwardOutput(recon_BD, vals_BK, idx_BK, loss, terms)
+
+    def auxk_loss(
+        self, x_BD: torch.Tensor, recon_BD: torch.Tensor, pre_BF: torch.Tensor | None, dead_F: torch.Tensor
+    ) -> torch.Tensor:
+        """Reconstruct the residual from the top dead latents, without b_dec (normalised MSE)."""
+        k_aux = min(self.cfg.aux_k_eff, int(dead_F.sum()))
+        if pre_BF is None:
+            pre_BF = self.preacts(x_BD)
+        masked = pre_BF.detach().masked_fill(~dead_F, -math.inf)
+        idx_BA = masked.topk(k_aux, dim=1, sorted=False).indices
+        vals_BA = self.preacts_at(x_BD, pre_BF, idx_BA).relu()
+        e_BD = (x_BD - recon_BD).detach()
+        e_hat_BD = sparse_decode(vals_BA, idx_BA, self.W_dec)
+        denom = (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return (e_BD - e_hat_BD).pow(2).sum() / denom
+
+
+def make_sae(cfg: SAEConfig) -> SAE:
+    return ARCHITECTURES[cfg.arch](cfg)
