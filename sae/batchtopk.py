@@ -14,7 +14,7 @@ class BatchTopKSAE(SAE):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold", torch.zeros(cfg.d_sae))  # per latent (loaded JumpReLUs differ)
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,8 @@ def test_batchtopk_threshold_inference_is_per_token():
     model.train()
     for _ in range(50):
         model(torch.randn(128, 12))
-    theta = float(model.threshold)
+    theta = float(model.threshold[0])
+    assert torch.all(model.threshold == theta)
     assert theta > 0 and int(model.threshold_updates) == 50
     model.eval()
     x = torch.randn(7, 12)

@@ -1,0 +1,183 @@
+"""Where activations come from, and the shuffled batch stream the trainer reads.
+
+A *source* produces blocks of rows: `acts` [n, d] plus per-row metadata tensors (e.g. `modality`
+int8: 0 text, 1 speech, 2 special). Every block starts from a small `state` dict, so a stream can
+be re-created exactly at a block boundary (that is how `--resume` is bit-identical).
+
+- `CachedActivations`: a safetensors file, or a directory of shards, holding `activations` [N, d]
+  and optional companions with the same first dimension.
+- `ModelActivations` (in `sae.harvest`): a Hugging Face causal LM + a text dataset, hooked at a layer.
+
+`BatchStream` shuffles each block with a generator seeded by (seed, rank, block) and yields
+batches; its position is (source state at block start, block number, batches taken).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import torch
+from safetensors import safe_open
+
+MODALITIES = ("text", "speech", "special")
+TEXT, SPEECH, SPECIAL = 0, 1, 2
+ACTS_KEY = "activations"
+
+
+class Block(NamedTuple):
+    acts: torch.Tensor  # [n, d]
+    meta: dict[str, torch.Tensor]  # each [n]
+    next_state: dict  # the state that produces the following block
+
+
+class ActivationSource(Protocol):
+    d: int
+
+    def block(self, state: dict, n_rows: int) -> Block: ...
+
+    def start_state(self, rank: int, world: int) -> dict: ...
+
+
+def check_finite(acts: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(acts).all():
+        bad = (~torch.isfinite(acts)).any(1).nonzero()[:3].flatten().tolist()
+        raise ValueError(f"activations contain NaN/Inf ({where}, e.g. rows {bad}); drop or re-harvest them")
+
+
+class CachedActivations:
+    """Rows of one safetensors file or of a directory of shards, read lazily block by block."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            files = sorted(self.path.glob("*.safetensors"))
+        elif self.path.exists():
+            files = [self.path]
+        else:
+            raise FileNotFoundError(f"activations not found: {self.path} (write them with `ttslens harvest`)")
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors shards in {self.path} (write them with `ttslens harvest`)")
+        self.files, self.starts = files, [0]
+        self.d = 0
+        self.meta_keys: list[str] = []
+        for f in files:
+            try:
+                with safe_open(str(f), "pt") as h:
+                    keys = list(h.keys())
+                    if ACTS_KEY not in keys:
+                        raise ValueError(f"{f} holds no tensor named '{ACTS_KEY}' (found {keys[:5]})")
+                    shape = h.get_slice(ACTS_KEY).get_shape()
+                    dtype = h.get_slice(ACTS_KEY).get_dtype()
+                    metas = [k for k in keys if k != ACTS_KEY and h.get_slice(k).get_shape()[:1] == shape[:1]]
+            except ValueError:
+                raise
+            except Exception as e:  # safetensors raises its own error types for corrupt files
+                raise ValueError(f"cannot read activations file {f}: {e} (corrupt or truncated? re-harvest it)") from e
+            if len(shape) != 2 or dtype not in ("F32", "F16", "BF16"):
+                raise ValueError(f"{f}: '{ACTS_KEY}' must be float32/16/bf16 [N, d], got {dtype} {shape}")
+            if self.d and shape[1] != self.d:
+                raise ValueError(f"{f}: width {shape[1]} differs from the other shards ({self.d})")
+            self.d = shape[1]
+            self.meta_keys = metas if f == files[0] else [k for k in self.meta_keys if k in metas]
+            self.starts.append(self.starts[-1] + shape[0])
+        self.n_rows = self.starts[-1]
+        if self.n_rows == 0:
+            raise ValueError(f"{self.path} holds no activation rows")
+
+    def start_state(self, rank: int = 0, world: int = 1) -> dict:
+        return {"block": rank, "stride": world}
+
+    def rows(self, lo: int, hi: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Rows [lo, hi) of the concatenated shards (no wrap-around), as float32."""
+        acts, meta = [], {k: [] for k in self.meta_keys}
+        for i, f in enumerate(self.files):
+            a, b = max(lo, self.starts[i]), min(hi, self.starts[i + 1])
+            if a >= b:
+                continue
+            with safe_open(str(f), "pt") as h:
+                acts.append(h.get_slice(ACTS_KEY)[a - self.starts[i] : b - self.starts[i]].float())
+                for k in self.meta_keys:
+                    meta[k].append(h.get_slice(k)[a - self.starts[i] : b - self.starts[i]])
+        out = torch.cat(acts)
+        check_finite(out, f"{self.path} rows {lo}..{hi}")
+        return out, {k: torch.cat(v) for k, v in meta.items()}
+
+    def block(self, state: dict, n_rows: int) -> Block:
+        """Block number state['block'] of n_rows rows; the data wrap around (epochs)."""
+        n_rows = min(n_rows, self.n_rows)
+        lo = (state["block"] * n_rows) % self.n_rows
+        hi = lo + n_rows
+        acts, meta = self.rows(lo, min(hi, self.n_rows))
+        if hi > self.n_rows:
+            a2, m2 = self.rows(0, hi - self.n_rows)
+            acts = torch.cat([acts, a2])
+            meta = {k: torch.cat([meta[k], m2[k]]) for k in meta}
+        return Block(acts, meta, {"block": state["block"] + state["stride"], "stride": state["stride"]})
+
+
+class StreamState(NamedTuple):
+    source: dict
+    block_no: int
+    taken: int  # batches already yielded from this block
+
+
+class BatchStream:
+    """Shuffled batches of `batch_size` rows from a source, block by block (memory: one block)."""
+
+    def __init__(
+        self,
+        source: ActivationSource,
+        batch_size: int,
+        block_rows: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        exclude_special: bool = False,
+        state: StreamState | None = None,
+    ) -> None:
+        self.source, self.batch_size, self.seed, self.rank = source, batch_size, seed, rank
+        self.block_rows = max(batch_size, block_rows // batch_size * batch_size)
+        self.exclude_special = exclude_special
+        self.state = state or StreamState(source.start_state(rank, world), 0, 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        while True:
+            src_state, block_no, taken = self.state
+            acts, meta, next_state = self.source.block(src_state, self.block_rows)
+            if self.exclude_special and "modality" in meta:
+                keep = meta["modality"] != SPECIAL
+                acts, meta = acts[keep], {k: v[keep] for k, v in meta.items()}
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 10_007 + block_no)
+            perm = torch.randperm(acts.shape[0], generator=g)
+            n_batches = acts.shape[0] // self.batch_size
+            if n_batches == 0:
+                raise ValueError(
+                    f"a data block holds {acts.shape[0]} usable rows, fewer than one batch of {self.batch_size}; "
+                    "lower --batch-size or provide more data"
+                )
+            for i in range(taken, n_batches):
+                sel = perm[i * self.batch_size : (i + 1) * self.batch_size]
+                self.state = StreamState(src_state, block_no, i + 1)
+                yield acts[sel], {k: v[sel] for k, v in meta.items()}
+            self.state = StreamState(next_state, block_no + 1, 0)
+
+
+def mean_norm(batches: Iterator[tuple[torch.Tensor, dict]], n_batches: int) -> float:
+    """E||x|| over the first n batches (for the sqrt(d) activation scaling)."""
+    norms = [x.norm(dim=1).mean().item() for x, _ in (next(batches) for _ in range(n_batches))]
+    return sum(norms) / max(1, len(norms)) or 1.0
+
+
+def geometric_median(x_ND: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld iterations, started at the mean."""
+    y = x_ND.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x_ND - y).norm(dim=1).clamp_min(eps)
+        y_new = (w[:, None] * x_ND).sum(0) / w.sum()
+        if (y_new - y).norm() < eps * max(1.0, math.sqrt(x_ND.shape[1])):
+            return y_new
+        y = y_new
+    return y
