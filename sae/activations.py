@@ -50,7 +50,8 @@ def check_finite(acts: torch.Tensor, where: str) -> None:
 class CachedActivations:
     """Rows of one safetensors file or of a directory of shards, read lazily block by block."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, window: tuple[int, int] | None = None) -> None:
+        """`window=(lo, hi)`: use only rows lo..hi-1 (e.g. to hold out the tail for evaluation)."""
         self.path = Path(path)
         if self.path.is_dir():
             files = sorted(self.path.glob("*.safetensors"))
@@ -83,9 +84,11 @@ class CachedActivations:
             self.d = shape[1]
             self.meta_keys = metas if f == files[0] else [k for k in self.meta_keys if k in metas]
             self.starts.append(self.starts[-1] + shape[0])
-        self.n_rows = self.starts[-1]
-        if self.n_rows == 0:
+        self.total_rows = self.starts[-1]
+        if self.total_rows == 0:
             raise ValueError(f"{self.path} holds no activation rows")
+        self.lo, hi = window or (0, self.total_rows)
+        self.n_rows = hi - self.lo
 
     def start_state(self, rank: int = 0, world: int = 1) -> dict:
         return {"block": rank, "stride": world}
@@ -110,9 +113,9 @@ class CachedActivations:
         n_rows = min(n_rows, self.n_rows)
         lo = (state["block"] * n_rows) % self.n_rows
         hi = lo + n_rows
-        acts, meta = self.rows(lo, min(hi, self.n_rows))
+        acts, meta = self.rows(self.lo + lo, self.lo + min(hi, self.n_rows))
         if hi > self.n_rows:
-            a2, m2 = self.rows(0, hi - self.n_rows)
+            a2, m2 = self.rows(self.lo, self.lo + hi - self.n_rows)
             acts = torch.cat([acts, a2])
             meta = {k: torch.cat([meta[k], m2[k]]) for k in meta}
         return Block(acts, meta, {"block": state["block"] + state["stride"], "stride": state["stride"]})
@@ -163,6 +166,16 @@ class BatchStream:
                 self.state = StreamState(src_state, block_no, i + 1)
                 yield acts[sel], {k: v[sel] for k, v in meta.items()}
             self.state = StreamState(next_state, block_no + 1, 0)
+
+
+def take_tokens(batches, n_tokens: int):
+    """The first batches of an (endless) stream covering at least n_tokens rows."""
+    seen = 0
+    for x, meta in batches:
+        if seen >= n_tokens:
+            return
+        yield x, meta
+        seen += x.shape[0]
 
 
 def mean_norm(batches: Iterator[tuple[torch.Tensor, dict]], n_batches: int) -> float:

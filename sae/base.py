@@ -38,7 +38,7 @@ class SAEConfig:
     """L1 penalty weight (relu architecture only)."""
     threshold_lr: float = 0.01
     """EMA rate of the batchtopk inference threshold (running mean of the smallest kept activation)."""
-    batchtopk_candidates: int = 4
+    batchtopk_candidates: int = 8
     """batchtopk: per-token candidates = this x k before the batch-level selection (exact: falls back
     to a full search when a token could have more)."""
     kron_m: int = 2
@@ -49,8 +49,8 @@ class SAEConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown SAE architecture {self.arch!r}; choose one of {sorted(ARCHITECTURES)}")
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise ValueError(f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
+        if self.d_in < 0 or self.d_sae <= 0:
+            raise ValueError(f"d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
         if ARCHITECTURES[self.arch].uses_k and not 0 < self.k <= self.d_sae:
             raise ValueError(f"k must be in 1..d_sae={self.d_sae} (got k={self.k}); lower --k or raise --latents")
 
@@ -201,4 +201,6 @@ class SAE(nn.Module):
 
 
 def make_sae(cfg: SAEConfig) -> SAE:
+    if cfg.d_in <= 0:
+        raise ValueError(f"d_in must be positive (got {cfg.d_in})")
     return ARCHITECTURES[cfg.arch](cfg)

@@ -26,7 +26,7 @@ class BatchTopKSAE(SAE):
         """Indices [B, C] of the batch's top B*k positive pre-activations and a keep mask [B, C].
 
         Each token first offers its top C = candidates*k values; if some token had all C kept it
-        might own more, and the search is redone over all F latents, so the result is exact."""
+        might own more, and the search is redone with C doubled (up to F), so the result is exact."""
         B, F = pre_BF.shape
         n_keep = B * self.cfg.k
         C = min(F, self.cfg.batchtopk_candidates * self.cfg.k)
@@ -37,7 +37,7 @@ class BatchTopKSAE(SAE):
             keep = keep.view(B, C) & (cand_vals > 0)
             if C == F or not bool(keep[:, -1].any()):
                 break
-            C = F
+            C = min(F, 2 * C)
         width = int(keep.any(0).nonzero().max()) + 1 if bool(keep.any()) else 1
         return cand_idx[:, :width], keep[:, :width]
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sae.activations import ACTS_KEY, SPECIAL, TEXT, Block
-from sae.files import atomic_write_json, atomic_path
+from sae.files import atomic_path, atomic_write_json
 
 
 class StopForward(Exception):

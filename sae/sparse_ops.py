@@ -20,7 +20,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
@@ -73,7 +72,7 @@ def gather_preacts(
     x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor, pre_BF: torch.Tensor, idx_BK: torch.Tensor
 ) -> torch.Tensor:
     """Pre-activations at idx_BK, differentiable w.r.t. x, W and b at sparse cost."""
-    vals_BK = pre_BF.gather(1, idx_BK)
+    vals_BK = pre_BF.gather(1, idx_BK).to(x_BD.dtype)  # bf16 autocast: keep the rest in fp32
     if plain_torch() or not torch.is_grad_enabled():
         return vals_BK
     return _GatherPreacts.apply(x_BD, W_FD, b_F, idx_BK, vals_BK)

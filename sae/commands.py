@@ -1,0 +1,157 @@
+"""`ttslens eval` and `ttslens harvest`: configs and the functions behind them (API = CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sae.activations import BatchStream, CachedActivations, take_tokens
+from sae.files import atomic_write_json, load_sae, sae_info
+from sae.metrics import ce_recovered, evaluate
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a trained SAE: EV/FVU, MSE, L0, dead/dense latents (per modality), CE recovered."""
+
+    sae: str = ""
+    """SAE directory (ttslens or SAELens)."""
+    activations: str = ""
+    """Cached activations to evaluate on (default: the SAE's own held-out data if recorded)."""
+    model: str = ""
+    """Causal LM for CE recovered and for harvesting (default: the SAE's source model)."""
+    dataset: str = ""
+    """Text dataset for --model (default: the SAE's training dataset)."""
+    tokens: int = 65536
+    """Tokens to evaluate on."""
+    ce_sequences: int = 16
+    """Sequences for the CE-recovered measurement (0 = skip)."""
+    seed: int = 1
+    """Seed for the evaluation sample."""
+    out: str = ""
+    """Write the metrics here as JSON (default: print only)."""
+
+    def __post_init__(self) -> None:
+        if not self.sae:
+            raise ValueError("--sae DIR is required")
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    sae = load_sae(cfg.sae)
+    info = sae_info(cfg.sae)
+    train = info.get("train", {})
+    activations = cfg.activations or (train.get("activations") if not cfg.model else "")
+    model_id = cfg.model or (train.get("model") if not cfg.activations else "")
+    layer = int(info.get("layer", train.get("layer", 0)) or 0)
+    metrics: dict = {"sae": cfg.sae}
+    if activations:
+        src = CachedActivations(activations)
+        _check_width(sae, src.d, activations)
+        metrics.update(evaluate(sae, take_tokens(BatchStream(src, 4096, 65536, cfg.seed), cfg.tokens)))
+    elif model_id:
+        from sae.harvest import ModelActivations, load_model, load_text_dataset
+
+        model, tok = load_model(model_id)
+        _check_width(sae, model.config.hidden_size, model_id)
+        ds = load_text_dataset(cfg.dataset or train.get("dataset", ""), text_column=train.get("text_column", "text"))
+        src = ModelActivations(model, tok, ds, layer, train.get("context", 256))
+        metrics.update(evaluate(sae, take_tokens(BatchStream(src, 1024, 16384, cfg.seed), cfg.tokens)))
+        if cfg.ce_sequences:
+            texts = [t for t in ds[: cfg.ce_sequences][train.get("text_column", "text")] if t and t.strip()]
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=train.get("context", 256))
+            metrics.update(ce_recovered(model, sae, layer, enc["input_ids"], enc["attention_mask"]))
+    else:
+        raise ValueError("nothing to evaluate on: pass --activations PATH or --model ID --dataset NAME")
+    if cfg.out:
+        atomic_write_json(cfg.out, metrics)
+    return metrics
+
+
+def _check_width(sae, d: int, where: str) -> None:
+    if sae.cfg.d_in != d:
+        raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the hidden size {d} of {where}; "
+                         "use the model/layer the SAE was trained on")
+
+
+@dataclass
+class HarvestConfig:
+    """Write residual-stream activations of a causal LM to a cache of safetensors shards."""
+
+    model: str = ""
+    """Hugging Face causal LM (hub id or local path)."""
+    dataset: str = ""
+    """Text dataset: a hub name or a local .txt/.jsonl/.csv/.parquet file or saved dataset."""
+    text_column: str = "text"
+    """Column holding the text."""
+    layer: int = 0
+    """Decoder layer whose output is cached."""
+    tokens: int = 1_000_000
+    """Rows (token positions) to write."""
+    context: int = 256
+    """Tokens per document (longer ones are truncated)."""
+    model_batch: int = 8
+    """Documents per forward pass."""
+    shard_tokens: int = 65536
+    """Rows per shard file."""
+    dtype: str = "float32"
+    """Stored dtype: float32, float16 or bfloat16."""
+    device: str = "cpu"
+    """Torch device for the model."""
+    out: str = "runs/activations"
+    """Output directory (re-run the same command to resume)."""
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.dataset:
+            raise ValueError("--model and --dataset are required")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"--dtype must be float32, float16 or bfloat16 (got {self.dtype!r})")
+
+
+def run_harvest(cfg: HarvestConfig) -> Path:
+    from sae.harvest import ModelActivations, harvest, load_model, load_text_dataset
+
+    model, tok = load_model(cfg.model, cfg.device)
+    ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
+    src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
+    meta = {"model": cfg.model, "layer": cfg.layer, "dataset": cfg.dataset}
+    with torch.no_grad():
+        return harvest(src, cfg.out, cfg.tokens, cfg.shard_tokens, cfg.dtype, meta)
+
+
+@dataclass
+class QuickstartConfig:
+    """End to end, offline: build a tiny LM, train an SAE on its residual stream, evaluate it."""
+
+    out: str = "runs/quickstart"
+    """Output directory (model, corpus, SAE, metrics)."""
+    arch: str = "batchtopk"
+    """SAE architecture."""
+    tokens: int = 300_000
+    """SAE training tokens."""
+    latents: int = 512
+    """SAE latents."""
+    k: int = 16
+    """Active latents per token."""
+    layer: int = 1
+    """Layer of the tiny LM to read."""
+
+
+def run_quickstart(cfg: QuickstartConfig) -> dict:
+    from sae.base import SAEConfig
+    from sae.tiny import build_tiny_lm
+    from sae.training import TrainConfig, train
+
+    root = Path(cfg.out)
+    if not (root / "model" / "config.json").exists():
+        print(f"building a tiny LM in {root / 'model'} ...")
+        build_tiny_lm(root)
+    tcfg = TrainConfig(sae=SAEConfig(arch=cfg.arch, d_sae=cfg.latents, k=cfg.k), model=str(root / "model"),
+                       dataset=str(root / "corpus.txt"), layer=cfg.layer, context=64, tokens=cfg.tokens,
+                       batch_size=1024, buffer_tokens=16384, lr=1e-3, out=str(root / "sae"), overwrite=True,
+                       eval_tokens=8192, model_batch=64)
+    train(tcfg)
+    return run_eval(EvalConfig(sae=str(root / "sae"), tokens=16384, out=str(root / "sae" / "eval.json")))

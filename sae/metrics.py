@@ -1,0 +1,107 @@
+"""SAE quality metrics, overall and per modality slice, and downstream CE with the SAE spliced in.
+
+Explained variance is centred by the mean (EV = 1 - sum||x - x_hat||^2 / sum||x - mean(x)||^2),
+accumulated over batches with exact sums so the result does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from sae.activations import MODALITIES
+from sae.base import SAE
+
+
+class Accumulator:
+    """Running sums for EV/FVU, MSE, L0, cosine and per-latent firing counts over one slice."""
+
+    def __init__(self, d_sae: int) -> None:
+        self.n = 0
+        self.sse = 0.0
+        self.sum_x: torch.Tensor | None = None
+        self.sum_sq = 0.0
+        self.l0 = 0.0
+        self.cos = 0.0
+        self.fired = torch.zeros(d_sae, dtype=torch.long)
+
+    def add(self, x_BD: torch.Tensor, recon_BD: torch.Tensor, acts_BF: torch.Tensor) -> None:
+        x, r = x_BD.double(), recon_BD.double()
+        self.n += x.shape[0]
+        self.sse += (x - r).pow(2).sum().item()
+        self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
+        self.sum_sq += x.pow(2).sum().item()
+        active = acts_BF > 0
+        self.l0 += active.sum().item()
+        self.cos += torch.nn.functional.cosine_similarity(x, r, dim=1).sum().item()
+        self.fired += active.sum(0).cpu()
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            return {"tokens": 0}
+        var = self.sum_sq - self.sum_x.pow(2).sum().item() / self.n  # sum ||x - mean||^2
+        # a slice with (nearly) constant activations, e.g. BOS positions, has no variance to explain
+        fvu = self.sse / var if var > 1e-6 * self.sum_sq else None
+        return {
+            "tokens": self.n,
+            "explained_variance": None if fvu is None else 1 - fvu,
+            "fvu": fvu,
+            "mse": self.sse / self.n / self.sum_x.shape[0],
+            "l0": self.l0 / self.n,
+            "cosine": self.cos / self.n,
+            "dead_frac": (self.fired == 0).float().mean().item(),
+            "dense_frac": (self.fired > 0.5 * self.n).float().mean().item(),
+        }
+
+
+@torch.no_grad()
+def evaluate(sae: SAE, batches: Iterable[tuple[torch.Tensor, dict]], encode_kwargs: dict | None = None) -> dict:
+    """Metrics of `sae` (inference mode) over batches; per modality when batches carry `modality`."""
+    sae.eval()
+    overall = Accumulator(sae.cfg.d_sae)
+    per: dict[int, Accumulator] = {}
+    for x_BD, meta in batches:
+        acts_BF = sae.encode(x_BD, **(encode_kwargs or {}))
+        recon_BD = sae.decode(acts_BF)
+        overall.add(x_BD, recon_BD, acts_BF)
+        if "modality" in meta:
+            for m in meta["modality"].unique().tolist():
+                sel = meta["modality"] == m
+                per.setdefault(m, Accumulator(sae.cfg.d_sae)).add(x_BD[sel], recon_BD[sel], acts_BF[sel])
+    out = overall.result()
+    if per:
+        out["by_modality"] = {MODALITIES[m]: acc.result() for m, acc in sorted(per.items())}
+    return out
+
+
+@torch.no_grad()
+def ce_recovered(model, sae: SAE, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 ) -> dict[str, float]:
+    """Next-token CE clean, with the SAE reconstruction spliced in after `layer`, and with that
+    residual zero-ablated; CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)."""
+    from sae.harvest import residual_layers
+
+    layers = residual_layers(model)
+
+    def run(replace) -> float:
+        def hook(_m, _i, out):
+            h = out[0] if isinstance(out, tuple) else out
+            new = replace(h)
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        handle = layers[layer].register_forward_hook(hook) if replace else None
+        try:
+            labels = input_ids.masked_fill(attention_mask == 0, -100) if attention_mask is not None else input_ids
+            return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
+        finally:
+            if handle:
+                handle.remove()
+
+    def splice(h):
+        flat = h.reshape(-1, h.shape[-1]).float()
+        return sae.reconstruct(flat).to(h.dtype).view_as(h)
+
+    clean, spliced, zero = run(None), run(splice), run(torch.zeros_like)
+    return {"ce_clean": clean, "ce_sae": spliced, "ce_zero": zero,
+            "ce_recovered": (zero - spliced) / max(zero - clean, 1e-12)}

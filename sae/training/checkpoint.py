@@ -1,0 +1,48 @@
+"""Resumable training state: one atomic torch file beside the run's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sae.files import CFG, atomic_torch_save
+
+CKPT = "checkpoint.pt"
+
+
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: an existing run needs --resume (same config) or --overwrite."""
+    has_run = (out / CKPT).exists() or (out / CFG).exists()
+    if resume and not (out / CKPT).exists():
+        raise FileNotFoundError(f"--resume: no checkpoint in {out} (start a new run without --resume)")
+    if has_run and not resume and not overwrite:
+        raise FileExistsError(f"{out} holds another run; pass --resume to continue it or --overwrite to replace it")
+
+
+def save(out: Path, state: dict) -> None:
+    atomic_torch_save(out / CKPT, state)
+
+
+def load(out: Path, identity: dict) -> dict:
+    try:
+        state = torch.load(out / CKPT, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"cannot read {out / CKPT}: {e} (corrupt? start again with --overwrite)") from e
+    if state["identity"] != identity:
+        a, b = _flat(state["identity"]), _flat(identity)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(f"--resume with a changed config ({', '.join(diff)}); use the original settings "
+                         "or start a new run with --overwrite")
+    return state
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v)
+    return out

@@ -1,0 +1,106 @@
+"""The training config: one dataclass drives `ttslens train` and `sae.training.train`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from sae.base import SAEConfig
+
+
+@dataclass
+class TrainConfig:
+    """Train a sparse autoencoder on one layer's residual stream."""
+
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    """Architecture and size (d_in is read from the data)."""
+    model: str = ""
+    """Hugging Face causal LM (hub id or local path) to harvest activations from."""
+    dataset: str = ""
+    """Text dataset for --model: a hub name or a local .txt/.jsonl/.csv/.parquet file or saved dataset."""
+    text_column: str = "text"
+    """Column of --dataset holding the text."""
+    activations: str = ""
+    """Cached activations instead of a model: a safetensors file or a directory of shards."""
+    layer: int = 0
+    """Decoder layer whose output (the residual stream after it) is read."""
+    context: int = 256
+    """Tokens per document when harvesting from --model (longer ones are truncated)."""
+    tokens: int = 2_000_000
+    """Training tokens."""
+    batch_size: int = 4096
+    """Tokens per optimiser step (over all processes)."""
+    lr: float = 0.0
+    """Adam learning rate; 0 = 2e-4 / sqrt(latents / 2^14)."""
+    warmup_steps: int = 1000
+    """Linear learning-rate warm-up steps (at most 10% of the run)."""
+    decay_frac: float = 0.2
+    """Fraction of the run, at the end, over which the learning rate decays linearly to 0."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0 = off)."""
+    seed: int = 0
+    """Seed for initialisation and data order."""
+    buffer_tokens: int = 65536
+    """Shuffle buffer (rows held in memory and shuffled together)."""
+    exclude_special: bool = False
+    """Skip positions whose modality is 'special' (BOS, task and end tokens)."""
+    dead_tokens: int = 0
+    """A latent that has not fired for this many tokens is dead (AuxK); 0 = min(10M, tokens / 20)."""
+    eval_tokens: int = 16384
+    """Held-out tokens for the final metrics (the tail of a cache, fresh text for a model)."""
+    bf16: bool = False
+    """Run the encoder under bfloat16 autocast."""
+    device: str = "cpu"
+    """Torch device (under torchrun, cuda uses the local rank)."""
+    model_batch: int = 8
+    """Documents per model forward when harvesting."""
+    checkpoint_every: int = 1_000_000
+    """Save a resumable checkpoint every this many tokens (0 = only at the end)."""
+    log_every: int = 20
+    """Steps between progress/log updates."""
+    out: str = "runs/sae"
+    """Output directory (SAE + checkpoint + train_log.jsonl + metrics.json)."""
+    resume: bool = False
+    """Continue the run in --out from its checkpoint (the config must match)."""
+    overwrite: bool = False
+    """Replace another run found in --out."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sae, dict):
+            self.sae = SAEConfig.from_dict(self.sae)
+        if bool(self.activations) == bool(self.model):
+            raise ValueError("give exactly one data source: --activations PATH or --model ID --dataset NAME")
+        if self.model and not self.dataset:
+            raise ValueError("--model needs --dataset (a hub name or a local text file)")
+        if self.tokens < self.batch_size:
+            raise ValueError(f"--tokens {self.tokens} is less than one batch ({self.batch_size}); raise --tokens")
+        if self.batch_size <= 0 or self.lr < 0:
+            raise ValueError("--batch-size must be positive and --lr non-negative")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    @property
+    def lr_eff(self) -> float:
+        return self.lr or 2e-4 / math.sqrt(self.sae.d_sae / 2**14)
+
+    def lr_scale(self, step: int) -> float:
+        """Warm-up, constant, then linear decay to 0."""
+        warm = max(1, min(self.warmup_steps, self.steps // 10))
+        decay_start = int(self.steps * (1 - self.decay_frac))
+        if step < warm:
+            return (step + 1) / warm
+        if step >= decay_start and self.decay_frac > 0:
+            return max(0.0, (self.steps - step) / max(1, self.steps - decay_start))
+        return 1.0
+
+    # fields that may change between a run and its --resume
+    RUNTIME = ("resume", "overwrite", "log_every", "device", "checkpoint_every", "model_batch")
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        for k in self.RUNTIME:
+            d.pop(k, None)
+        d["sae"].pop("d_in", None)
+        return d

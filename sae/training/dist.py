@@ -1,0 +1,58 @@
+"""torch.distributed plumbing: the same training code runs alone or under `torchrun`."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import torch.distributed as tdist
+
+
+class DistInfo(NamedTuple):
+    rank: int
+    world: int
+    device: str
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> DistInfo:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistInfo(0, 1, device)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return DistInfo(tdist.get_rank(), tdist.get_world_size(), device)
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    if tdist.is_initialized():
+        tdist.all_reduce(t)
+    return t
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    if tdist.is_initialized():
+        for t in list(module.parameters()) + list(module.buffers()):
+            tdist.broadcast(t.data, 0)
+
+
+def broadcast_float(x: float) -> float:
+    if not tdist.is_initialized():
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    tdist.broadcast(t, 0)
+    return float(t)
+
+
+def barrier() -> None:
+    if tdist.is_initialized():
+        tdist.barrier()

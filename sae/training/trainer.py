@@ -1,0 +1,216 @@
+"""The training loop: data -> scaled batches -> SAE step -> decoder upkeep -> logs/checkpoints.
+
+Reads top to bottom: `train(cfg)` builds the data source, initialises (or resumes) the SAE, runs
+`cfg.steps` steps and writes the SAE directory with the activation scale folded into its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from sae.activations import (
+    BatchStream,
+    CachedActivations,
+    StreamState,
+    geometric_median,
+    mean_norm,
+    take_tokens,
+)
+from sae.base import SAE, make_sae
+from sae.files import atomic_write_json, save_sae
+from sae.metrics import evaluate
+from sae.training import checkpoint
+from sae.training.config import TrainConfig
+from sae.training.dist import DistInfo, all_sum, barrier, broadcast_float, broadcast_module, setup
+
+LOG = "train_log.jsonl"
+
+
+class TrainResult(NamedTuple):
+    path: Path
+    sae: SAE
+    metrics: dict
+
+
+def build_source(cfg: TrainConfig):
+    """Training source, evaluation source and facts about the data for the SAE's metadata."""
+    if cfg.activations:
+        full = CachedActivations(cfg.activations)
+        n = full.total_rows
+        hold = cfg.eval_tokens if n >= 4 * cfg.eval_tokens else 0
+        train_src = CachedActivations(cfg.activations, window=(0, n - hold))
+        eval_src = CachedActivations(cfg.activations, window=(n - hold, n)) if hold else train_src
+        return train_src, eval_src, {"dataset_path": cfg.activations, "hook_name": f"layer_{cfg.layer}",
+                                     "layer": cfg.layer}
+    from sae.harvest import ModelActivations, load_model, load_text_dataset
+
+    model, tok = load_model(cfg.model, cfg.device)
+    ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
+    src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
+    info = {"model_name": cfg.model, "dataset_path": cfg.dataset, "layer": cfg.layer, "context_size": cfg.context,
+            "hook_name": f"model.layers.{cfg.layer}"}
+    return src, src, info
+
+
+def _init_sae(cfg: TrainConfig, source, dist: DistInfo) -> tuple[SAE, float]:
+    """Seeded init; activation scale so that E||s x|| = sqrt(d); b_dec = geometric median."""
+    sae = make_sae(cfg.sae)
+    sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+    probe = iter(BatchStream(source, min(cfg.batch_size, 4096), cfg.buffer_tokens, cfg.seed + 7919,
+                             exclude_special=cfg.exclude_special))
+    x0, _ = next(probe)
+    scale = broadcast_float(math.sqrt(cfg.sae.d_in) / max(mean_norm(probe, 4), 1e-12))
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(x0[:4096] * scale))
+    broadcast_module(sae)
+    return sae, scale
+
+
+def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
+    dist = setup(cfg.device)
+    out = Path(cfg.out)
+    checkpoint.check_out_dir(out, cfg.resume, cfg.overwrite)
+    if source is None:
+        train_src, eval_src, info = build_source(cfg)
+    else:
+        train_src, eval_src, info = source, source, {"layer": cfg.layer}
+    cfg.sae.d_in = train_src.d
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over {dist.world} processes")
+    local_batch = cfg.batch_size // dist.world
+
+    # ---- model, optimiser, data position: fresh or from the checkpoint -------------------------
+    identity = cfg.identity()
+    state = checkpoint.load(out, identity) if cfg.resume else None
+    if state is None:
+        sae, scale = _init_sae(cfg, train_src, dist)
+        step, stream_state = 0, None
+        since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long)
+    else:
+        sae = make_sae(cfg.sae)
+        sae.load_state_dict(state["sae"])
+        scale, step, since_fired = state["scale"], state["step"], state["since_fired"]
+        stream_state = StreamState(*state["stream"][dist.rank])
+    sae.to(dist.device).train()
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_eff, betas=(0.9, 0.999))
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+    model = sae
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(sae)
+    stream = BatchStream(train_src, local_batch, cfg.buffer_tokens, cfg.seed, dist.rank, dist.world,
+                         cfg.exclude_special, stream_state)
+    batches = iter(stream)
+    dead_after = cfg.dead_tokens or min(10_000_000, max(cfg.batch_size, cfg.tokens // 20))
+    since_fired = since_fired.to(dist.device)
+    autocast = torch.autocast(torch.device(dist.device).type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out / LOG, step)
+    log = open(out / LOG, "a") if dist.main else None
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc=f"train {cfg.sae.arch}",
+               disable=not (progress and dist.main), dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    every_ckpt = max(1, cfg.checkpoint_every // cfg.batch_size) if cfg.checkpoint_every else 0
+    t_last, tok_last = time.perf_counter(), 0
+
+    def save_checkpoint() -> None:
+        streams = [None] * dist.world
+        if dist.world > 1:
+            torch.distributed.all_gather_object(streams, tuple(stream.state))
+        else:
+            streams = [tuple(stream.state)]
+        if dist.main:
+            checkpoint.save(out, {"identity": identity, "sae": sae.state_dict(), "opt": opt.state_dict(),
+                                  "step": step, "scale": scale, "since_fired": since_fired.cpu(),
+                                  "stream": streams})
+        barrier()
+
+    while step < cfg.steps:
+        x_BD, _meta = next(batches)
+        x_BD = x_BD.to(dist.device) * scale
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_eff * cfg.lr_scale(step)
+        dead_F = since_fired >= dead_after
+        with autocast:
+            res = model(x_BD, dead_F=dead_F)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        sae.remove_parallel_grads()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        opt.step()
+        sae.normalize_decoder()
+        if dist.world > 1 and hasattr(sae, "threshold"):  # keep the batchtopk threshold identical
+            sae.threshold.copy_(all_sum(sae.threshold.clone()) / dist.world)
+
+        fired_F = _fired(res, cfg.sae.d_sae)
+        fired_F = all_sum(fired_F)
+        since_fired += cfg.batch_size
+        since_fired[fired_F > 0] = 0
+        step += 1
+        tok_last += cfg.batch_size
+
+        if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.perf_counter()
+            row = {"step": step, "tokens": step * cfg.batch_size, "tokens_per_s": tok_last / (now - t_last),
+                   "lr": opt.param_groups[0]["lr"], "loss": res.loss.item(),
+                   **{k: v.item() for k, v in res.terms.items()},
+                   "l0": float((res.vals > 0).sum()) / x_BD.shape[0],
+                   "dead_pct": 100 * float((since_fired >= dead_after).float().mean())}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(tok_s=f"{row['tokens_per_s']:.0f}", fvu=f"{row['fvu']:.4f}", l0=f"{row['l0']:.1f}",
+                            dead=f"{row['dead_pct']:.1f}%")
+            t_last, tok_last = now, 0
+        bar.update(1)
+        if every_ckpt and step % every_ckpt == 0 and step < cfg.steps:
+            save_checkpoint()
+    bar.close()
+    save_checkpoint()
+    if log:
+        log.close()
+
+    # ---- final: metrics on held-out data, raw-activation SAE on disk ---------------------------
+    result = sae.to("cpu")
+    result.fold_scale(scale)
+    metrics = {}
+    if dist.main:
+        eval_batches = take_tokens(BatchStream(eval_src, min(cfg.eval_tokens, 4096), cfg.buffer_tokens, cfg.seed + 1,
+                                         exclude_special=cfg.exclude_special), cfg.eval_tokens)
+        metrics = evaluate(result, eval_batches)
+        extra = {**info, "train": _jsonable(cfg), "activation_scale": scale, "metrics": metrics}
+        save_sae(result, out, extra)
+        atomic_write_json(out / "metrics.json", metrics)
+    barrier()
+    return TrainResult(out, result.eval(), metrics)
+
+
+def _fired(res, d_sae: int) -> torch.Tensor:
+    if res.idx is None:
+        return (res.vals.detach() > 0).sum(0)
+    return torch.bincount(res.idx[res.vals.detach() > 0], minlength=d_sae)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """On resume, drop log rows past the checkpoint so nothing is duplicated."""
+    if not path.exists():
+        return
+    rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
