@@ -36,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttslens", description="Interpretability and control for TTS LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _fn, help_) in _commands().items():
-        p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=(cls.__doc__ or help_).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_dataclass_args(p, cls)
     return parser
 

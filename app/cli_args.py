@@ -47,8 +47,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kind = t if t in (int, float, str) else str
             metavar = {int: "N", float: "X", str: "STR"}[kind]
-            parser.add_argument(flag, dest=dest, type=kind, default=default, metavar=metavar,
-                                help=f"{doc} (default: {default!r})")
+            parser.add_argument(
+                flag, dest=dest, type=kind, default=default, metavar=metavar, help=f"{doc} (default: {default!r})"
+            )
 
 
 def from_args(cls: type, ns: argparse.Namespace):

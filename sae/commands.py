@@ -73,8 +73,10 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def _check_width(sae, d: int, where: str) -> None:
     if sae.cfg.d_in != d:
-        raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the hidden size {d} of {where}; "
-                         "use the model/layer the SAE was trained on")
+        raise ValueError(
+            f"SAE d_in={sae.cfg.d_in} does not match the hidden size {d} of {where}; "
+            "use the model/layer the SAE was trained on"
+        )
 
 
 @dataclass
@@ -149,9 +151,20 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     if not (root / "model" / "config.json").exists():
         print(f"building a tiny LM in {root / 'model'} ...")
         build_tiny_lm(root)
-    tcfg = TrainConfig(sae=SAEConfig(arch=cfg.arch, d_sae=cfg.latents, k=cfg.k), model=str(root / "model"),
-                       dataset=str(root / "corpus.txt"), layer=cfg.layer, context=64, tokens=cfg.tokens,
-                       batch_size=1024, buffer_tokens=16384, lr=1e-3, out=str(root / "sae"), overwrite=True,
-                       eval_tokens=8192, model_batch=64)
+    tcfg = TrainConfig(
+        sae=SAEConfig(arch=cfg.arch, d_sae=cfg.latents, k=cfg.k),
+        model=str(root / "model"),
+        dataset=str(root / "corpus.txt"),
+        layer=cfg.layer,
+        context=64,
+        tokens=cfg.tokens,
+        batch_size=1024,
+        buffer_tokens=16384,
+        lr=1e-3,
+        out=str(root / "sae"),
+        overwrite=True,
+        eval_tokens=8192,
+        model_batch=64,
+    )
     train(tcfg)
     return run_eval(EvalConfig(sae=str(root / "sae"), tokens=16384, out=str(root / "sae" / "eval.json")))

@@ -29,10 +29,21 @@ from safetensors.torch import save_file
 from sae.base import SAE, SAEConfig, make_sae
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
-SAELENS_ARCH = {"batchtopk": "jumprelu", "topk": "topk", "relu": "standard",
-                "hierarchical": "hierarchical_topk", "kron": "kron"}
-FROM_SAELENS = {"jumprelu": "batchtopk", "batchtopk": "batchtopk", "topk": "topk", "standard": "relu",
-                "hierarchical_topk": "hierarchical", "kron": "kron"}
+SAELENS_ARCH = {
+    "batchtopk": "jumprelu",
+    "topk": "topk",
+    "relu": "standard",
+    "hierarchical": "hierarchical_topk",
+    "kron": "kron",
+}
+FROM_SAELENS = {
+    "jumprelu": "batchtopk",
+    "batchtopk": "batchtopk",
+    "topk": "topk",
+    "standard": "relu",
+    "hierarchical_topk": "hierarchical",
+    "kron": "kron",
+}
 
 
 @contextlib.contextmanager
@@ -115,11 +126,16 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
     if arch not in FROM_SAELENS:
         raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (use one of {sorted(FROM_SAELENS)})")
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
-                         "fold the normalisation into the weights first")
+        raise ValueError(
+            f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
+            "fold the normalisation into the weights first"
+        )
     ours = cfg.get("ttslens", {}).get("sae")
-    sae_cfg = SAEConfig.from_dict(ours) if ours else SAEConfig(
-        arch=FROM_SAELENS[arch], d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=int(cfg.get("k") or 1))
+    sae_cfg = (
+        SAEConfig.from_dict(ours)
+        if ours
+        else SAEConfig(arch=FROM_SAELENS[arch], d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=int(cfg.get("k") or 1))
+    )
     if not (path / WEIGHTS).exists():
         raise FileNotFoundError(f"no SAE weights at {path / WEIGHTS}")
     try:
@@ -129,8 +145,9 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
         raise ValueError(f"cannot read {path / WEIGHTS}: {e} (corrupt or truncated?)") from e
     if "W_enc" in sd:
         if sd["W_enc"].shape != (sae_cfg.d_in, sae_cfg.d_sae):
-            raise ValueError(f"{path}: W_enc has shape {tuple(sd['W_enc'].shape)}, cfg says "
-                             f"[{sae_cfg.d_in}, {sae_cfg.d_sae}]")
+            raise ValueError(
+                f"{path}: W_enc has shape {tuple(sd['W_enc'].shape)}, cfg says [{sae_cfg.d_in}, {sae_cfg.d_sae}]"
+            )
         if not cfg.get("apply_b_dec_to_input", True):  # fold: (x - b_dec) W + (b + b_dec W) == x W + b
             sd["b_enc"] = sd["b_enc"] + sd["b_dec"] @ sd["W_enc"]
         sd["W_enc"] = sd["W_enc"].T.contiguous()
@@ -141,8 +158,9 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
         sd.setdefault("threshold_updates", torch.tensor(1))
     missing, unexpected = sae.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match architecture {sae_cfg.arch} "
-                         f"(missing {missing}, unexpected {unexpected})")
+        raise ValueError(
+            f"{path}: weights do not match architecture {sae_cfg.arch} (missing {missing}, unexpected {unexpected})"
+        )
     return sae.to(device).eval()
 
 

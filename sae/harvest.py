@@ -92,8 +92,17 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32"):
 class ModelActivations:
     """Activations after decoder layer `layer`, document by document, with a modality per row."""
 
-    def __init__(self, model, tokenizer, dataset, layer: int, context: int = 256, text_column: str = "text",
-                 model_batch: int = 8, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        dataset,
+        layer: int,
+        context: int = 256,
+        text_column: str = "text",
+        model_batch: int = 8,
+        device: str = "cpu",
+    ) -> None:
         self.model, self.tok, self.ds, self.layer = model, tokenizer, dataset, layer
         self.context, self.text_column, self.model_batch, self.device = context, text_column, model_batch, device
         check_layer(layer, len(residual_layers(model)))
@@ -129,11 +138,19 @@ class ModelActivations:
             total += a.shape[0]
         ids_N = torch.cat(ids)
         modality = torch.where(torch.isin(ids_N, self.special), SPECIAL, TEXT).to(torch.int8)
-        return Block(torch.cat(acts), {"modality": modality, "token_id": ids_N}, {"doc": doc, "stride": state["stride"]})
+        return Block(
+            torch.cat(acts), {"modality": modality, "token_id": ids_N}, {"doc": doc, "stride": state["stride"]}
+        )
 
 
-def harvest(source: ModelActivations, out: str | Path, tokens: int, shard_rows: int = 65536,
-            dtype: str = "float32", meta: dict | None = None) -> Path:
+def harvest(
+    source: ModelActivations,
+    out: str | Path,
+    tokens: int,
+    shard_rows: int = 65536,
+    dtype: str = "float32",
+    meta: dict | None = None,
+) -> Path:
     """Write `tokens` rows as shards under `out` (+ manifest.json); resumes where a run stopped."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -76,8 +76,13 @@ def evaluate(sae: SAE, batches: Iterable[tuple[torch.Tensor, dict]], encode_kwar
 
 
 @torch.no_grad()
-def ce_recovered(model, sae: SAE, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 ) -> dict[str, float]:
+def ce_recovered(
+    model,
+    sae: SAE,
+    layer: int,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Next-token CE clean, with the SAE reconstruction spliced in after `layer`, and with that
     residual zero-ablated; CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)."""
     from sae.harvest import residual_layers
@@ -103,5 +108,9 @@ def ce_recovered(model, sae: SAE, layer: int, input_ids: torch.Tensor, attention
         return sae.reconstruct(flat).to(h.dtype).view_as(h)
 
     clean, spliced, zero = run(None), run(splice), run(torch.zeros_like)
-    return {"ce_clean": clean, "ce_sae": spliced, "ce_zero": zero,
-            "ce_recovered": (zero - spliced) / max(zero - clean, 1e-12)}
+    return {
+        "ce_clean": clean,
+        "ce_sae": spliced,
+        "ce_zero": zero,
+        "ce_recovered": (zero - spliced) / max(zero - clean, 1e-12),
+    }

@@ -51,7 +51,11 @@ class _GatherPreacts(torch.autograd.Function):
             crow = torch.zeros(n_lat + 1, dtype=torch.int64, device=cols.device)
             crow[1:] = torch.cumsum(counts, 0)
             G_FB = torch.sparse_csr_tensor(
-                crow, rows[order], g_BK.reshape(-1)[order].to(x_BD.dtype), size=(n_lat, x_BD.shape[0]), check_invariants=False
+                crow,
+                rows[order],
+                g_BK.reshape(-1)[order].to(x_BD.dtype),
+                size=(n_lat, x_BD.shape[0]),
+                check_invariants=False,
             )
             grad_W = (G_FB @ x_BD).to(W_FD.dtype)
         if ctx.needs_input_grad[2]:

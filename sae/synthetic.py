@@ -23,12 +23,13 @@ class Synthetic(NamedTuple):
     codes_nnz: torch.Tensor  # mean active features per token (scalar)
 
 
-def make_superposition(n: int, d: int, n_features: int, k: int, seed: int = 0, noise: float = 0.0,
-                       zipf: float = 0.5) -> Synthetic:
+def make_superposition(
+    n: int, d: int, n_features: int, k: int, seed: int = 0, noise: float = 0.0, zipf: float = 0.5
+) -> Synthetic:
     g = torch.Generator().manual_seed(seed)
     D = torch.randn(n_features, d, generator=g)
     D = D / D.norm(dim=1, keepdim=True)
-    p = (torch.arange(1, n_features + 1, dtype=torch.float) ** -zipf)
+    p = torch.arange(1, n_features + 1, dtype=torch.float) ** -zipf
     p = p / p.sum() * k  # expected number of active features per token = k
     p = p.clamp(max=1.0)
     rows = []

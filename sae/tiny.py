@@ -11,8 +11,10 @@ import torch
 
 SUBJECTS = "the cat|a dog|my friend|the teacher|our neighbour|the old man|a small child|the doctor|she|he".split("|")
 VERBS = "sees|likes|finds|paints|reads|carries|opens|cleans|follows|builds|sells|brings".split("|")
-OBJECTS = ("a red box|the blue door|an apple|the long letter|a green hat|the wooden chair|a heavy stone|"
-           "the bright lamp|a quiet song|the broken clock|a fresh loaf|the open window").split("|")
+OBJECTS = (
+    "a red box|the blue door|an apple|the long letter|a green hat|the wooden chair|a heavy stone|"
+    "the bright lamp|a quiet song|the broken clock|a fresh loaf|the open window"
+).split("|")
 PLACES = "in the park|at home|near the river|on monday|after lunch|before dawn|in the city|at school".split("|")
 
 
@@ -36,12 +38,14 @@ def build_tokenizer(texts: list[str]):
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<bos>", "<eos>"]))
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
-def build_tiny_lm(out: str | Path, n_sentences: int = 2000, hidden: int = 64, layers: int = 2,
-                  train_steps: int = 200, seed: int = 0) -> Path:
+def build_tiny_lm(
+    out: str | Path, n_sentences: int = 2000, hidden: int = 64, layers: int = 2, train_steps: int = 200, seed: int = 0
+) -> Path:
     """Write corpus.txt, tokenizer and a trained tiny LlamaForCausalLM under `out`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,9 +55,18 @@ def build_tiny_lm(out: str | Path, n_sentences: int = 2000, hidden: int = 64, la
     (out / "corpus.txt").write_text("\n".join(texts) + "\n")
     tok = build_tokenizer(texts)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=128, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()

@@ -33,8 +33,10 @@ def load(out: Path, identity: dict) -> dict:
     if state["identity"] != identity:
         a, b = _flat(state["identity"]), _flat(identity)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ValueError(f"--resume with a changed config ({', '.join(diff)}); use the original settings "
-                         "or start a new run with --overwrite")
+        raise ValueError(
+            f"--resume with a changed config ({', '.join(diff)}); use the original settings "
+            "or start a new run with --overwrite"
+        )
     return state
 
 

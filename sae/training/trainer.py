@@ -49,15 +49,23 @@ def build_source(cfg: TrainConfig):
         hold = cfg.eval_tokens if n >= 4 * cfg.eval_tokens else 0
         train_src = CachedActivations(cfg.activations, window=(0, n - hold))
         eval_src = CachedActivations(cfg.activations, window=(n - hold, n)) if hold else train_src
-        return train_src, eval_src, {"dataset_path": cfg.activations, "hook_name": f"layer_{cfg.layer}",
-                                     "layer": cfg.layer}
+        return (
+            train_src,
+            eval_src,
+            {"dataset_path": cfg.activations, "hook_name": f"layer_{cfg.layer}", "layer": cfg.layer},
+        )
     from sae.harvest import ModelActivations, load_model, load_text_dataset
 
     model, tok = load_model(cfg.model, cfg.device)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
     src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
-    info = {"model_name": cfg.model, "dataset_path": cfg.dataset, "layer": cfg.layer, "context_size": cfg.context,
-            "hook_name": f"model.layers.{cfg.layer}"}
+    info = {
+        "model_name": cfg.model,
+        "dataset_path": cfg.dataset,
+        "layer": cfg.layer,
+        "context_size": cfg.context,
+        "hook_name": f"model.layers.{cfg.layer}",
+    }
     return src, src, info
 
 
@@ -65,8 +73,11 @@ def _init_sae(cfg: TrainConfig, source, dist: DistInfo) -> tuple[SAE, float]:
     """Seeded init; activation scale so that E||s x|| = sqrt(d); b_dec = geometric median."""
     sae = make_sae(cfg.sae)
     sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
-    probe = iter(BatchStream(source, min(cfg.batch_size, 4096), cfg.buffer_tokens, cfg.seed + 7919,
-                             exclude_special=cfg.exclude_special))
+    probe = iter(
+        BatchStream(
+            source, min(cfg.batch_size, 4096), cfg.buffer_tokens, cfg.seed + 7919, exclude_special=cfg.exclude_special
+        )
+    )
     x0, _ = next(probe)
     scale = broadcast_float(math.sqrt(cfg.sae.d_in) / max(mean_norm(probe, 4), 1e-12))
     with torch.no_grad():
@@ -107,8 +118,9 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     model = sae
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(sae)
-    stream = BatchStream(train_src, local_batch, cfg.buffer_tokens, cfg.seed, dist.rank, dist.world,
-                         cfg.exclude_special, stream_state)
+    stream = BatchStream(
+        train_src, local_batch, cfg.buffer_tokens, cfg.seed, dist.rank, dist.world, cfg.exclude_special, stream_state
+    )
     batches = iter(stream)
     dead_after = cfg.dead_tokens or min(10_000_000, max(cfg.batch_size, cfg.tokens // 20))
     since_fired = since_fired.to(dist.device)
@@ -118,9 +130,15 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         _trim_log(out / LOG, step)
     log = open(out / LOG, "a") if dist.main else None
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc=f"train {cfg.sae.arch}",
-               disable=not (progress and dist.main), dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        unit="step",
+        desc=f"train {cfg.sae.arch}",
+        disable=not (progress and dist.main),
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
     every_ckpt = max(1, cfg.checkpoint_every // cfg.batch_size) if cfg.checkpoint_every else 0
     t_last, tok_last = time.perf_counter(), 0
 
@@ -131,9 +149,18 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         else:
             streams = [tuple(stream.state)]
         if dist.main:
-            checkpoint.save(out, {"identity": identity, "sae": sae.state_dict(), "opt": opt.state_dict(),
-                                  "step": step, "scale": scale, "since_fired": since_fired.cpu(),
-                                  "stream": streams})
+            checkpoint.save(
+                out,
+                {
+                    "identity": identity,
+                    "sae": sae.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "scale": scale,
+                    "since_fired": since_fired.cpu(),
+                    "stream": streams,
+                },
+            )
         barrier()
 
     while step < cfg.steps:
@@ -163,15 +190,24 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
 
         if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
             now = time.perf_counter()
-            row = {"step": step, "tokens": step * cfg.batch_size, "tokens_per_s": tok_last / (now - t_last),
-                   "lr": opt.param_groups[0]["lr"], "loss": res.loss.item(),
-                   **{k: v.item() for k, v in res.terms.items()},
-                   "l0": float((res.vals > 0).sum()) / x_BD.shape[0],
-                   "dead_pct": 100 * float((since_fired >= dead_after).float().mean())}
+            row = {
+                "step": step,
+                "tokens": step * cfg.batch_size,
+                "tokens_per_s": tok_last / (now - t_last),
+                "lr": opt.param_groups[0]["lr"],
+                "loss": res.loss.item(),
+                **{k: v.item() for k, v in res.terms.items()},
+                "l0": float((res.vals > 0).sum()) / x_BD.shape[0],
+                "dead_pct": 100 * float((since_fired >= dead_after).float().mean()),
+            }
             log.write(json.dumps(row) + "\n")
             log.flush()
-            bar.set_postfix(tok_s=f"{row['tokens_per_s']:.0f}", fvu=f"{row['fvu']:.4f}", l0=f"{row['l0']:.1f}",
-                            dead=f"{row['dead_pct']:.1f}%")
+            bar.set_postfix(
+                tok_s=f"{row['tokens_per_s']:.0f}",
+                fvu=f"{row['fvu']:.4f}",
+                l0=f"{row['l0']:.1f}",
+                dead=f"{row['dead_pct']:.1f}%",
+            )
             t_last, tok_last = now, 0
         bar.update(1)
         if every_ckpt and step % every_ckpt == 0 and step < cfg.steps:
@@ -186,8 +222,16 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     result.fold_scale(scale)
     metrics = {}
     if dist.main:
-        eval_batches = take_tokens(BatchStream(eval_src, min(cfg.eval_tokens, 4096), cfg.buffer_tokens, cfg.seed + 1,
-                                         exclude_special=cfg.exclude_special), cfg.eval_tokens)
+        eval_batches = take_tokens(
+            BatchStream(
+                eval_src,
+                min(cfg.eval_tokens, 4096),
+                cfg.buffer_tokens,
+                cfg.seed + 1,
+                exclude_special=cfg.exclude_special,
+            ),
+            cfg.eval_tokens,
+        )
         metrics = evaluate(result, eval_batches)
         extra = {**info, "train": _jsonable(cfg), "activation_scale": scale, "metrics": metrics}
         save_sae(result, out, extra)

@@ -61,7 +61,7 @@ def test_batchtopk_training_selects_batch_top_nk():
     pre = model.preacts(x).relu()
     keep = torch.zeros_like(pre, dtype=torch.bool).view(-1)
     keep[pre.view(-1).topk(30).indices] = True
-    ref = (pre * keep.view_as(pre))
+    ref = pre * keep.view_as(pre)
     got = torch.zeros_like(pre).scatter_add(1, out.idx, out.vals.detach())
     torch.testing.assert_close(got, ref)
     counts = (got > 0).sum(1)
