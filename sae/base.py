@@ -34,7 +34,7 @@ class SAEConfig:
     """Latents used by the AuxK dead-latent loss; 0 = d_in // 2."""
     aux_coeff: float = 1 / 32
     """Weight of the AuxK loss."""
-    l1_coeff: float = 1.0
+    l1_coeff: float = 0.3
     """L1 penalty weight (relu architecture only)."""
     threshold_lr: float = 0.01
     """EMA rate of the batchtopk inference threshold (running mean of the smallest kept activation)."""

@@ -15,6 +15,13 @@ class ReluSAE(SAE):
     arch = "relu"
     uses_k = False
 
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Tied init with the encoder scaled by d/F: with about half the latents active at init, the
+        first reconstruction is ~x/2 instead of F/(2d) times too large."""
+        super().reset_parameters(generator)
+        self.W_enc.mul_(min(1.0, self.cfg.d_in / self.cfg.d_sae))
+
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return F.linear(x_BD - self.b_dec, self.W_enc, self.b_enc).relu()
 

@@ -1,0 +1,38 @@
+"""Shared fixtures: small data the tests build themselves (no downloads)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sae.synthetic import make_superposition, write_synthetic
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """40k rows of d=32 superposition data (128 true features, ~4 active) + the dictionary."""
+    syn = make_superposition(40_000, 32, 128, 4, seed=0)
+    path = write_synthetic(tmp_path_factory.mktemp("syn") / "acts.safetensors", syn)
+    return path, syn
+
+
+@pytest.fixture(scope="session")
+def modality_acts(tmp_path_factory) -> Path:
+    """Two shards with a `modality` companion (text / speech / special rows)."""
+    d = tmp_path_factory.mktemp("shards")
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        n = 6000
+        modality = torch.randint(0, 3, (n,), generator=g).to(torch.int8)
+        acts = torch.randn(n, 16, generator=g) + 3 * modality[:, None].float()
+        save_file({"activations": acts, "modality": modality}, str(d / f"shard_{i:05d}.safetensors"))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A tiny Llama + word-level tokenizer + corpus, built and briefly trained locally."""
+    from sae.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny"), n_sentences=400, hidden=32, train_steps=40)
