@@ -1,0 +1,122 @@
+"""SAE directories: SAELens interop with the real `sae_lens` package, our own architectures, errors."""
+
+import json
+
+import pytest
+import torch
+
+from sae.base import SAEConfig, make_sae
+from sae.files import load_sae, save_sae
+
+sae_lens = pytest.importorskip("sae_lens")
+
+
+def _random_sae(arch, d=24, F=96, k=6, **kw):
+    torch.manual_seed(0)
+    m = make_sae(SAEConfig(arch=arch, d_in=d, d_sae=F, k=k, **kw))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if arch == "batchtopk":
+            m.threshold.fill_(0.2)
+    return m.eval()
+
+
+@pytest.mark.parametrize("arch, saelens_arch", [("batchtopk", "jumprelu"), ("topk", "topk"), ("relu", "standard")])
+def test_saelens_loads_our_directory_and_encodes_identically(tmp_path, arch, saelens_arch):
+    ours = _random_sae(arch)
+    save_sae(ours, tmp_path / arch, {"model_name": "tiny", "hook_name": "blocks.3.hook_resid_post", "layer": 3})
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / arch))
+    assert theirs.cfg.architecture() == saelens_arch
+    x = torch.randn(50, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x), ours.encode(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(theirs.decode(theirs.encode(x)), ours.reconstruct(x), rtol=1e-5, atol=1e-5)
+    # and back: our loader reads it with the same outputs
+    again = load_sae(tmp_path / arch)
+    torch.testing.assert_close(again.encode(x), ours.encode(x))
+
+
+def _saelens_dir(tmp_path, arch, **extra):
+    name = {"standard": "StandardSAE", "topk": "TopKSAE", "jumprelu": "JumpReLUSAE"}[arch]
+    cls, cfg_cls = getattr(sae_lens, name), getattr(sae_lens, name + "Config")
+    sae = cls(cfg_cls(d_in=16, d_sae=64, **extra))
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(0.3 * torch.randn_like(p) + (0.1 if name == "threshold" else 0.0))
+        if hasattr(sae, "threshold"):
+            sae.threshold.abs_()
+    sae.save_model(str(tmp_path / arch))
+    return sae
+
+
+@pytest.mark.parametrize("arch, extra", [("standard", {}), ("topk", {"k": 5}), ("jumprelu", {})])
+def test_we_load_saelens_directories(tmp_path, arch, extra):
+    theirs = _saelens_dir(tmp_path, arch, **extra)
+    ours = load_sae(tmp_path / arch)
+    x = torch.randn(40, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours.reconstruct(x), theirs.decode(theirs.encode(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_saelens_batchtopk_training_checkpoint(tmp_path):
+    """A SAELens BatchTopK training state (topk_threshold) loads as a JumpReLU with that threshold."""
+    from safetensors.torch import save_file
+
+    d, F = 16, 64
+    W_enc = torch.randn(d, F)
+    tensors = {"W_enc": W_enc, "b_enc": torch.zeros(F), "W_dec": torch.randn(F, d), "b_dec": torch.zeros(d),
+               "topk_threshold": torch.tensor(0.7)}
+    (tmp_path / "bt").mkdir()
+    save_file(tensors, str(tmp_path / "bt" / "sae_weights.safetensors"))
+    cfg = {"architecture": "batchtopk", "d_in": d, "d_sae": F, "k": 4, "dtype": "float32",
+           "metadata": {"sae_lens_version": "6.5.0"}}
+    (tmp_path / "bt" / "cfg.json").write_text(json.dumps(cfg))
+    ours = load_sae(tmp_path / "bt")
+    x = torch.randn(10, d)
+    pre = x @ W_enc
+    torch.testing.assert_close(ours.encode(x), pre * (pre > 0.7))
+
+
+@pytest.mark.parametrize("arch, kw", [("hierarchical", {}), ("kron", {"kron_m": 2, "kron_n": 4})])
+def test_own_architectures_round_trip(tmp_path, arch, kw):
+    ours = _random_sae(arch, **kw)
+    save_sae(ours, tmp_path / arch)
+    cfg = json.loads((tmp_path / arch / "cfg.json").read_text())
+    assert cfg["architecture"] in ("hierarchical_topk", "kron")
+    again = load_sae(tmp_path / arch)
+    x = torch.randn(20, 24)
+    torch.testing.assert_close(again.encode(x), ours.encode(x))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cfg.json is missing"):
+        load_sae(tmp_path / "nothing")
+    ours = _random_sae("topk")
+    save_sae(ours, tmp_path / "t")
+    weights = tmp_path / "t" / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_sae(tmp_path / "t")
+    (tmp_path / "t" / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_sae(tmp_path / "t")
+    save_sae(ours, tmp_path / "u")
+    cfg = json.loads((tmp_path / "u" / "cfg.json").read_text())
+    cfg["architecture"] = "gated"
+    (tmp_path / "u" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="'gated' is not supported"):
+        load_sae(tmp_path / "u")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    from sae.files import atomic_path
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
