@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from app.cli_args import add_dataclass_args, from_args
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ttslens {args.command}: interrupted (re-run with --resume to continue)", file=sys.stderr)
         return 130
-    print(json.dumps(result, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

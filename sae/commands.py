@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 
     root = Path(cfg.out)
     if not (root / "model" / "config.json").exists():
-        print(f"building a tiny LM in {root / 'model'} ...")
+        print(f"building a tiny LM in {root / 'model'} ...", file=sys.stderr)
         build_tiny_lm(root)
     tcfg = TrainConfig(
         sae=SAEConfig(arch=cfg.arch, d_sae=cfg.latents, k=cfg.k),

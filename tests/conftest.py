@@ -35,4 +35,4 @@ def tiny_lm(tmp_path_factory) -> Path:
     """A tiny Llama + word-level tokenizer + corpus, built and briefly trained locally."""
     from sae.tiny import build_tiny_lm
 
-    return build_tiny_lm(tmp_path_factory.mktemp("tiny"), n_sentences=400, hidden=32, train_steps=40)
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny"), n_sentences=400, hidden=48, train_steps=40)

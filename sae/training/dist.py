@@ -56,3 +56,15 @@ def broadcast_float(x: float) -> float:
 def barrier() -> None:
     if tdist.is_initialized():
         tdist.barrier()
+
+
+def check_replicas(module: torch.nn.Module) -> None:
+    """Fail loudly if data-parallel replicas drifted apart (they must hold identical weights)."""
+    if not tdist.is_initialized():
+        return
+    sums = torch.stack([p.detach().double().sum() for p in module.parameters()])
+    lo, hi = sums.clone(), sums.clone()
+    tdist.all_reduce(lo, tdist.ReduceOp.MIN)
+    tdist.all_reduce(hi, tdist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError("data-parallel replicas hold different weights")

@@ -30,7 +30,7 @@ from sae.files import atomic_write_json, save_sae
 from sae.metrics import evaluate
 from sae.training import checkpoint
 from sae.training.config import TrainConfig
-from sae.training.dist import DistInfo, all_sum, barrier, broadcast_float, broadcast_module, setup
+from sae.training.dist import DistInfo, all_sum, barrier, broadcast_float, broadcast_module, check_replicas, setup
 
 LOG = "train_log.jsonl"
 
@@ -213,6 +213,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         if every_ckpt and step % every_ckpt == 0 and step < cfg.steps:
             save_checkpoint()
     bar.close()
+    check_replicas(sae)
     save_checkpoint()
     if log:
         log.close()

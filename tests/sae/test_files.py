@@ -66,12 +66,23 @@ def test_saelens_batchtopk_training_checkpoint(tmp_path):
 
     d, F = 16, 64
     W_enc = torch.randn(d, F)
-    tensors = {"W_enc": W_enc, "b_enc": torch.zeros(F), "W_dec": torch.randn(F, d), "b_dec": torch.zeros(d),
-               "topk_threshold": torch.tensor(0.7)}
+    tensors = {
+        "W_enc": W_enc,
+        "b_enc": torch.zeros(F),
+        "W_dec": torch.randn(F, d),
+        "b_dec": torch.zeros(d),
+        "topk_threshold": torch.tensor(0.7),
+    }
     (tmp_path / "bt").mkdir()
     save_file(tensors, str(tmp_path / "bt" / "sae_weights.safetensors"))
-    cfg = {"architecture": "batchtopk", "d_in": d, "d_sae": F, "k": 4, "dtype": "float32",
-           "metadata": {"sae_lens_version": "6.5.0"}}
+    cfg = {
+        "architecture": "batchtopk",
+        "d_in": d,
+        "d_sae": F,
+        "k": 4,
+        "dtype": "float32",
+        "metadata": {"sae_lens_version": "6.5.0"},
+    }
     (tmp_path / "bt" / "cfg.json").write_text(json.dumps(cfg))
     ours = load_sae(tmp_path / "bt")
     x = torch.randn(10, d)

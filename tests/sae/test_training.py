@@ -31,7 +31,9 @@ def _cfg(path, out, arch="batchtopk", **kw):
 @pytest.mark.parametrize("arch", ["batchtopk", "topk", "relu", "hierarchical", "kron"])
 def test_training_reduces_fvu(synthetic, tmp_path, arch):
     path, _ = synthetic
-    res = train(_cfg(path, tmp_path / arch, arch, sae=SAEConfig(arch=arch, d_sae=256, k=4, l1_coeff=0.3)), progress=False)
+    res = train(
+        _cfg(path, tmp_path / arch, arch, sae=SAEConfig(arch=arch, d_sae=256, k=4, l1_coeff=0.3)), progress=False
+    )
     log = [json.loads(r) for r in (tmp_path / arch / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < 0.85 * log[0]["loss"]
     assert res.metrics["fvu"] < 0.75  # held-out rows, inference-mode encoder
@@ -98,7 +100,9 @@ def test_out_dir_with_another_run(synthetic, tmp_path):
 def test_per_modality_metrics_and_exclude_special(modality_acts, tmp_path):
     res = train(_cfg(modality_acts, tmp_path / "m", sae=SAEConfig(d_sae=64, k=4)), progress=False)
     assert set(res.metrics["by_modality"]) == {"text", "speech", "special"}
-    res2 = train(_cfg(modality_acts, tmp_path / "m2", sae=SAEConfig(d_sae=64, k=4), exclude_special=True), progress=False)
+    res2 = train(
+        _cfg(modality_acts, tmp_path / "m2", sae=SAEConfig(d_sae=64, k=4), exclude_special=True), progress=False
+    )
     assert "special" not in res2.metrics["by_modality"]
 
 
