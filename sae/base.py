@@ -38,9 +38,6 @@ class SAEConfig:
     """L1 penalty weight (relu architecture only)."""
     threshold_lr: float = 0.01
     """EMA rate of the batchtopk inference threshold (running mean of the smallest kept activation)."""
-    batchtopk_candidates: int = 8
-    """batchtopk: per-token candidates = this x k before the batch-level selection (exact: falls back
-    to a full search when a token could have more)."""
     kron_m: int = 2
     """kron: rows m of each head's P (m <= n)."""
     kron_n: int = 4
@@ -68,14 +65,16 @@ class SAEConfig:
 
 
 class ForwardOutput(NamedTuple):
-    """A training forward pass. For sparse architectures vals/idx are [B, K] (vals 0 where unused);
-    for dense ones (relu) vals is the [B, F] activation matrix and idx is None."""
+    """A training forward pass. Sparse architectures give vals/idx [B, K], or flat [N] entries with
+    their sorted token index `rows` (batchtopk: the L0 varies per token); dense ones (relu) give the
+    [B, F] activation matrix as vals and idx None."""
 
     recon: torch.Tensor
     vals: torch.Tensor
     idx: torch.Tensor | None
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
+    rows: torch.Tensor | None = None
 
 
 def fvu_loss(x_BD: torch.Tensor, recon_BD: torch.Tensor) -> torch.Tensor:
@@ -145,15 +144,19 @@ class SAE(nn.Module):
         """Dense pre-activations h [B, F] (no autograd graph on the fast path)."""
         return dense_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc)
 
-    def preacts_at(self, x_BD: torch.Tensor, pre_BF: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
-        """h at idx, differentiable, at O(B K d) backward cost."""
-        return gather_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc, pre_BF, idx_BK)
+    def preacts_at(
+        self, x_BD: torch.Tensor, pre_BF: torch.Tensor, idx: torch.Tensor, rows_N: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """h at idx ([B, K], or flat with rows_N), differentiable, at O(B K d) backward cost."""
+        return gather_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc, pre_BF, idx, rows_N)
 
     def decode(self, acts_BF: torch.Tensor) -> torch.Tensor:
         return acts_BF @ self.W_dec + self.b_dec
 
-    def decode_sparse(self, vals_BK: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
-        return sparse_decode(vals_BK, idx_BK, self.W_dec) + self.b_dec
+    def decode_sparse(
+        self, vals: torch.Tensor, idx: torch.Tensor, rows_N: torch.Tensor | None = None, n_rows: int = 0
+    ) -> torch.Tensor:
+        return sparse_decode(vals, idx, self.W_dec, rows_N, n_rows) + self.b_dec
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -173,10 +176,12 @@ class SAE(nn.Module):
         vals_BK: torch.Tensor,
         idx_BK: torch.Tensor,
         dead_F: torch.Tensor | None,
+        rows_N: torch.Tensor | None = None,
     ) -> ForwardOutput:
-        recon_BD = self.decode_sparse(vals_BK, idx_BK)
+        recon_BD = self.decode_sparse(vals_BK, idx_BK, rows_N, x_BD.shape[0])
         terms = {"fvu": fvu_loss(x_BD, recon_BD)}
-        return self._with_auxk(x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, terms["fvu"], terms)
+        out = self._with_auxk(x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, terms["fvu"], terms)
+        return out._replace(rows=rows_N)
 
     def _with_auxk(self, x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, loss, terms) -> ForwardOutput:
         if dead_F is not None and bool(dead_F.any()):

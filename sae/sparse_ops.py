@@ -27,41 +27,40 @@ def plain_torch() -> bool:
     return os.environ.get("TTSLENS_PLAIN_TORCH", "0") == "1"
 
 
+def bag_offsets(rows_N: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """embedding_bag offsets for a flat layout whose row indices are sorted."""
+    counts = torch.bincount(rows_N, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
 class _GatherPreacts(torch.autograd.Function):
-    """vals_BK = (x_BD @ W_FD.T + b_F)[b, idx_BK] with a sparse backward."""
+    """vals_N = (x_BD @ W_FD.T + b_F)[rows_N, cols_N] with a sparse backward (rows sorted)."""
 
     @staticmethod
-    def forward(ctx, x_BD, W_FD, b_F, idx_BK, vals_BK):  # noqa: D401
-        ctx.save_for_backward(x_BD, W_FD, idx_BK)
-        return vals_BK.clone()
+    def forward(ctx, x_BD, W_FD, b_F, rows_N, cols_N, vals_N):  # noqa: D401
+        ctx.save_for_backward(x_BD, W_FD, rows_N, cols_N)
+        return vals_N.clone()
 
     @staticmethod
-    def backward(ctx, g_BK):
-        x_BD, W_FD, idx_BK = ctx.saved_tensors
-        g_BK = g_BK.contiguous()
+    def backward(ctx, g_N):
+        x_BD, W_FD, rows_N, cols_N = ctx.saved_tensors
+        g_N = g_N.contiguous()
         n_lat = W_FD.shape[0]
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx_BK, W_FD, per_sample_weights=g_BK.to(W_FD.dtype), mode="sum")
+            offsets = bag_offsets(rows_N, x_BD.shape[0])
+            grad_x = F.embedding_bag(cols_N, W_FD, offsets, per_sample_weights=g_N.to(W_FD.dtype), mode="sum")
         if ctx.needs_input_grad[1]:
-            cols = idx_BK.reshape(-1)
-            order = torch.argsort(cols, stable=True)
-            rows = torch.arange(idx_BK.shape[0], device=cols.device).repeat_interleave(idx_BK.shape[1])
-            counts = torch.bincount(cols, minlength=n_lat)
-            crow = torch.zeros(n_lat + 1, dtype=torch.int64, device=cols.device)
-            crow[1:] = torch.cumsum(counts, 0)
+            order = torch.argsort(cols_N, stable=True)
+            crow = torch.zeros(n_lat + 1, dtype=torch.int64, device=cols_N.device)
+            crow[1:] = torch.cumsum(torch.bincount(cols_N, minlength=n_lat), 0)
             G_FB = torch.sparse_csr_tensor(
-                crow,
-                rows[order],
-                g_BK.reshape(-1)[order].to(x_BD.dtype),
-                size=(n_lat, x_BD.shape[0]),
-                check_invariants=False,
+                crow, rows_N[order], g_N[order].to(x_BD.dtype), size=(n_lat, x_BD.shape[0]), check_invariants=False
             )
             grad_W = (G_FB @ x_BD).to(W_FD.dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(n_lat, dtype=g_BK.dtype, device=g_BK.device)
-            grad_b.index_add_(0, idx_BK.reshape(-1), g_BK.reshape(-1))
-        return grad_x, grad_W, grad_b, None, None
+            grad_b = torch.zeros(n_lat, dtype=g_N.dtype, device=g_N.device).index_add_(0, cols_N, g_N)
+        return grad_x, grad_W, grad_b, None, None, None
 
 
 def dense_preacts(x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor) -> torch.Tensor:
@@ -73,18 +72,42 @@ def dense_preacts(x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor) -> 
 
 
 def gather_preacts(
-    x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor, pre_BF: torch.Tensor, idx_BK: torch.Tensor
+    x_BD: torch.Tensor,
+    W_FD: torch.Tensor,
+    b_F: torch.Tensor,
+    pre_BF: torch.Tensor,
+    idx: torch.Tensor,
+    rows_N: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pre-activations at idx_BK, differentiable w.r.t. x, W and b at sparse cost."""
-    vals_BK = pre_BF.gather(1, idx_BK).to(x_BD.dtype)  # bf16 autocast: keep the rest in fp32
+    """Pre-activations at idx, differentiable w.r.t. x, W and b at sparse cost.
+
+    idx is [B, K] (K latents per token) or flat [N] with `rows_N` (sorted token index per entry)."""
+    if idx.dim() == 2:
+        vals = pre_BF.gather(1, idx).to(x_BD.dtype)  # bf16 autocast: keep the rest in fp32
+    else:
+        vals = pre_BF[rows_N, idx].to(x_BD.dtype)
     if plain_torch() or not torch.is_grad_enabled():
-        return vals_BK
-    return _GatherPreacts.apply(x_BD, W_FD, b_F, idx_BK, vals_BK)
+        return vals
+    if idx.dim() == 2:
+        B, K = idx.shape
+        rows = torch.arange(B, device=idx.device).repeat_interleave(K)
+        return _GatherPreacts.apply(x_BD, W_FD, b_F, rows, idx.reshape(-1), vals.reshape(-1)).view(B, K)
+    return _GatherPreacts.apply(x_BD, W_FD, b_F, rows_N, idx, vals)
 
 
-def sparse_decode(vals_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor) -> torch.Tensor:
-    """sum_k vals[b, k] * W_dec[idx[b, k]] -> [B, d] (no decoder bias)."""
+def sparse_decode(
+    vals: torch.Tensor, idx: torch.Tensor, W_dec_FD: torch.Tensor, rows_N: torch.Tensor | None = None, n_rows: int = 0
+) -> torch.Tensor:
+    """sum over a token's entries of vals * W_dec[idx] -> [B, d] (no decoder bias).
+
+    [B, K] layout, or flat [N] with sorted `rows_N` and the number of tokens `n_rows`."""
     if plain_torch():
-        dense_BF = torch.zeros(vals_BK.shape[0], W_dec_FD.shape[0], dtype=vals_BK.dtype, device=vals_BK.device)
-        return dense_BF.scatter_add(1, idx_BK, vals_BK) @ W_dec_FD
-    return F.embedding_bag(idx_BK, W_dec_FD, per_sample_weights=vals_BK.to(W_dec_FD.dtype), mode="sum")
+        if idx.dim() == 2:
+            dense = torch.zeros(idx.shape[0], W_dec_FD.shape[0], dtype=vals.dtype, device=vals.device)
+            return dense.scatter_add(1, idx, vals) @ W_dec_FD
+        dense = torch.zeros(n_rows, W_dec_FD.shape[0], dtype=vals.dtype, device=vals.device)
+        return dense.index_put((rows_N, idx), vals, accumulate=True) @ W_dec_FD
+    w = vals.to(W_dec_FD.dtype)
+    if idx.dim() == 2:
+        return F.embedding_bag(idx, W_dec_FD, per_sample_weights=w, mode="sum")
+    return F.embedding_bag(idx, W_dec_FD, bag_offsets(rows_N, n_rows), per_sample_weights=w, mode="sum")

@@ -28,8 +28,21 @@ def test_help_lists_commands_and_field_docs(capsys):
 
 def test_train_and_eval_from_cli(synthetic, tmp_path, capsys):
     path, _ = synthetic
-    args = ["train", "--activations", str(path), "--latents", "64", "--k", "4", "--tokens", "4096",
-            "--batch-size", "512", "--out", str(tmp_path / "s")]
+    args = [
+        "train",
+        "--activations",
+        str(path),
+        "--latents",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "4096",
+        "--batch-size",
+        "512",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["fvu"] < 1
     assert main(["eval", "--sae", str(tmp_path / "s"), "--tokens", "2048"]) == 0
@@ -62,7 +75,7 @@ def test_missing_files_are_one_line(tmp_path, capsys):
 
 
 def test_quickstart_end_to_end(tmp_path, capsys):
-    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--tokens", "40000", "--latents", "256"]) == 0
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--tokens", "120000", "--latents", "256"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["fvu"] < 0.5 and m["ce_recovered"] > 0.5
     assert (tmp_path / "qs" / "sae" / "sae_weights.safetensors").exists()
@@ -72,9 +85,31 @@ def test_torchrun_two_processes(synthetic, tmp_path):
     """Data-parallel training under torchrun with 2 CPU processes (gloo); replicas stay identical."""
     path, _ = synthetic
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "app.cli", "train", "--activations", str(path),
-           "--latents", "128", "--k", "4", "--tokens", "20480", "--batch-size", "1024", "--lr", "2e-3",
-           "--eval-tokens", "2048", "--out", str(tmp_path / "ddp")]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "app.cli",
+        "train",
+        "--activations",
+        str(path),
+        "--latents",
+        "128",
+        "--k",
+        "4",
+        "--tokens",
+        "20480",
+        "--batch-size",
+        "1024",
+        "--lr",
+        "2e-3",
+        "--eval-tokens",
+        "2048",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
