@@ -133,6 +133,12 @@ class SAE(nn.Module):
         g.sub_((g * W).sum(1, keepdim=True) * W)
 
     @torch.no_grad()
+    def scale_encoder(self, c: float) -> None:
+        """Multiply every latent's value by c > 0 (used at init)."""
+        self.W_enc.mul_(c)
+        self.b_enc.mul_(c)
+
+    @torch.no_grad()
     def fold_scale(self, s: float) -> None:
         """Turn an SAE trained on s*x into one that reads and reconstructs raw x (same latents)."""
         self.W_enc.mul_(s)

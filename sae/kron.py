@@ -56,6 +56,11 @@ class KronSAE(SAE):
         self.b_dec.zero_()
 
     @torch.no_grad()
+    def scale_encoder(self, c: float) -> None:
+        self.W_uv.mul_(c)  # mAND(c u, c v) = c mAND(u, v)
+        self.b_uv.mul_(c)
+
+    @torch.no_grad()
     def fold_scale(self, s: float) -> None:
         self.W_uv.mul_(s)
         self.W_dec.div_(s)

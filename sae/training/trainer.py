@@ -69,10 +69,22 @@ def build_source(cfg: TrainConfig):
     return src, src, info
 
 
+@torch.no_grad()
+def init_from_batch(sae: SAE, x_BD: torch.Tensor, seed: int) -> SAE:
+    """Seeded tied init, b_dec at the batch's geometric median, and the encoder scaled by the
+    least-squares factor that best fits the batch (every architecture's code is linear in that
+    scale), so the first reconstruction never overshoots (FVU <= 1 from the start)."""
+    sae.reset_parameters(torch.Generator().manual_seed(seed))
+    sae.b_dec.copy_(geometric_median(x_BD))
+    r_BD = sae.eval()(x_BD).recon - sae.b_dec  # eval: the probe is no batchtopk threshold update
+    c = float(((x_BD - sae.b_dec) * r_BD).sum() / r_BD.pow(2).sum().clamp_min(1e-12))
+    if c > 0:
+        sae.scale_encoder(c)
+    return sae.train()
+
+
 def _init_sae(cfg: TrainConfig, source, dist: DistInfo) -> tuple[SAE, float]:
-    """Seeded init; activation scale so that E||s x|| = sqrt(d); b_dec = geometric median."""
-    sae = make_sae(cfg.sae)
-    sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+    """Activation scale so that E||s x|| = sqrt(d), then `init_from_batch` on a first batch."""
     probe = iter(
         BatchStream(
             source, min(cfg.batch_size, 4096), cfg.buffer_tokens, cfg.seed + 7919, exclude_special=cfg.exclude_special
@@ -80,8 +92,7 @@ def _init_sae(cfg: TrainConfig, source, dist: DistInfo) -> tuple[SAE, float]:
     )
     x0, _ = next(probe)
     scale = broadcast_float(math.sqrt(cfg.sae.d_in) / max(mean_norm(probe, 4), 1e-12))
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(x0[:4096] * scale))
+    sae = init_from_batch(make_sae(cfg.sae), x0[:4096] * scale, cfg.seed)
     broadcast_module(sae)
     return sae, scale
 
