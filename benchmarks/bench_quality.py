@@ -1,0 +1,112 @@
+"""Benchmarks 2-4 (quality): known-dictionary recovery per architecture; one HierarchicalTopK vs TopK
+SAEs trained per k (Pareto plot); KronSAE vs TopK FVU at equal L0. Synthetic superposition data.
+
+    .venv/bin/python benchmarks/bench_quality.py     # writes benchmarks/results/quality.json + pareto.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from sae.activations import BatchStream, CachedActivations, take_tokens  # noqa: E402
+from sae.base import SAEConfig  # noqa: E402
+from sae.metrics import evaluate  # noqa: E402
+from sae.synthetic import make_superposition, mean_max_cosine, write_synthetic  # noqa: E402
+from sae.training import TrainConfig, train  # noqa: E402
+
+
+def fit(data: Path, work: Path, name: str, sae: SAEConfig, tokens: int, lr: float):
+    cfg = TrainConfig(
+        sae=sae,
+        activations=str(data),
+        tokens=tokens,
+        batch_size=2048,
+        lr=lr,
+        eval_tokens=16384,
+        buffer_tokens=65536,
+        out=str(work / name),
+        overwrite=True,
+        log_every=100,
+    )
+    res = train(cfg, progress=False)
+    print(name, {k: round(v, 4) for k, v in res.metrics.items() if isinstance(v, float)}, flush=True)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=2_000_000)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--out", default=str(HERE / "results"))
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="ttslens_bench_"))
+    results: dict = {"config": vars(a)}
+
+    # 2. ground truth: d=128, 512 true features, ~8 active per token; SAEs with 1024 latents at k=8
+    syn = make_superposition(a.tokens // 2 + 16384, 128, 512, 8, seed=1)
+    gt = write_synthetic(work / "gt.safetensors", syn)
+    results["ground_truth"] = {}
+    for arch in ("batchtopk", "topk", "hierarchical", "kron", "relu"):
+        cfg = SAEConfig(arch=arch, d_sae=1024, k=8, kron_m=2, kron_n=4, l1_coeff=0.3)
+        res = fit(gt, work, f"gt_{arch}", cfg, a.tokens, a.lr)
+        results["ground_truth"][arch] = {
+            "mmcs": mean_max_cosine(res.sae.W_dec.detach(), syn.dictionary),
+            "fvu": res.metrics["fvu"],
+            "l0": res.metrics["l0"],
+        }
+
+    # 3. HierarchicalTopK (K=64) at k in {8,16,32,64} vs TopK trained at each k; d=128, 2048 latents
+    syn = make_superposition(a.tokens // 2 + 16384, 128, 1024, 32, seed=2)
+    hd = write_synthetic(work / "h.safetensors", syn)
+    ev = CachedActivations(hd, window=(a.tokens // 2, a.tokens // 2 + 16384))
+    hier = fit(hd, work, "hier_K64", SAEConfig(arch="hierarchical", d_sae=2048, k=64), a.tokens, a.lr)
+    pareto = {"k": [8, 16, 32, 64], "hierarchical": [], "topk": []}
+    for k in pareto["k"]:
+        batches = take_tokens(BatchStream(ev, 4096, 16384, 0), 16384)
+        pareto["hierarchical"].append(evaluate(hier.sae, batches, {"k": k})["fvu"])
+        pareto["topk"].append(
+            fit(hd, work, f"topk_{k}", SAEConfig(arch="topk", d_sae=2048, k=k), a.tokens, a.lr).metrics["fvu"]
+        )
+    pareto["hier_minus_topk"] = [h - t for h, t in zip(pareto["hierarchical"], pareto["topk"], strict=True)]
+    results["hierarchical_pareto"] = pareto
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot(pareto["k"], pareto["topk"], "o-", label="TopK, one SAE per k")
+        ax.plot(pareto["k"], pareto["hierarchical"], "s-", label="HierarchicalTopK, one SAE (K=64)")
+        ax.set(xscale="log", xlabel="L0 (k)", ylabel="FVU (held-out)", title="Sparsity–fidelity, d=128, F=2048")
+        ax.set_xticks(pareto["k"], [str(k) for k in pareto["k"]])
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "hierarchical_pareto.png", dpi=130)
+    except ImportError:
+        print("matplotlib missing: no plot")
+
+    # 4. KronSAE vs TopK at equal L0 (k=16), 4096 latents, d=128
+    results["kron_vs_topk"] = {}
+    for name, cfg in {
+        "topk": SAEConfig(arch="topk", d_sae=4096, k=16),
+        "kron_m2_n4": SAEConfig(arch="kron", d_sae=4096, k=16, kron_m=2, kron_n=4),
+        "kron_m4_n8": SAEConfig(arch="kron", d_sae=4096, k=16, kron_m=4, kron_n=8),
+    }.items():
+        results["kron_vs_topk"][name] = fit(hd, work, f"kv_{name}", cfg, a.tokens, a.lr).metrics["fvu"]
+
+    (out / "quality.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
