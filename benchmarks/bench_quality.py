@@ -40,14 +40,36 @@ def fit(data: Path, work: Path, name: str, sae: SAEConfig, tokens: int, lr: floa
     return res
 
 
+def plot(pareto: dict, out: Path) -> None:
+    """FVU vs k: one HierarchicalTopK SAE against a TopK SAE per k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(pareto["k"], pareto["topk"], "o-", label="TopK, one SAE per k")
+    ax.plot(pareto["k"], pareto["hierarchical"], "s-", label="HierarchicalTopK, one SAE (K=64)")
+    ax.set(xscale="log", xlabel="L0 (k)", ylabel="FVU (held-out)", title="Sparsity–fidelity, d=128, F=2048")
+    ax.minorticks_off()
+    ax.set_xticks(pareto["k"], [str(k) for k in pareto["k"]])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "hierarchical_pareto.png", dpi=130)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=2_000_000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--plot-only", action="store_true", help="redraw the plot from results/quality.json")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.plot_only:
+        plot(json.loads((out / "quality.json").read_text())["hierarchical_pareto"], out)
+        return
     work = Path(tempfile.mkdtemp(prefix="ttslens_bench_"))
     results: dict = {"config": vars(a)}
 
@@ -78,22 +100,7 @@ def main() -> None:
         )
     pareto["hier_minus_topk"] = [h - t for h, t in zip(pareto["hierarchical"], pareto["topk"], strict=True)]
     results["hierarchical_pareto"] = pareto
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.plot(pareto["k"], pareto["topk"], "o-", label="TopK, one SAE per k")
-        ax.plot(pareto["k"], pareto["hierarchical"], "s-", label="HierarchicalTopK, one SAE (K=64)")
-        ax.set(xscale="log", xlabel="L0 (k)", ylabel="FVU (held-out)", title="Sparsity–fidelity, d=128, F=2048")
-        ax.set_xticks(pareto["k"], [str(k) for k in pareto["k"]])
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "hierarchical_pareto.png", dpi=130)
-    except ImportError:
-        print("matplotlib missing: no plot")
+    plot(pareto, out)
 
     # 4. KronSAE vs TopK at equal L0 (k=16), 4096 latents, d=128
     results["kron_vs_topk"] = {}
