@@ -164,8 +164,15 @@ class SAE(nn.Module):
     ) -> torch.Tensor:
         return sparse_decode(vals, idx, self.W_dec, rows_N, n_rows) + self.b_dec
 
-    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def encode_sparse(self, x_BD: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token top-k latents (vals [B, k], idx [B, k]) for the top-k family."""
+        raise NotImplementedError(f"{self.arch} has no fixed number of latents per token; use encode")
+
+    def encode(self, x_BD: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Inference latents, dense [B, F] (the top-k family scatters `encode_sparse`)."""
+        vals_BK, idx_BK = self.encode_sparse(x_BD, k)
+        out = torch.zeros(x_BD.shape[0], self.cfg.d_sae, dtype=vals_BK.dtype, device=vals_BK.device)
+        return out.scatter(1, idx_BK, vals_BK)
 
     def reconstruct(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Inference reconstruction (what is spliced into a model)."""

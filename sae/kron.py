@@ -105,11 +105,6 @@ class KronSAE(SAE):
         idx_BK = self.select(u, v, k or self.cfg.k)
         return self._at(u, v, idx_BK), idx_BK
 
-    def encode(self, x_BD: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        vals_BK, idx_BK = self.encode_sparse(x_BD, k)
-        out = torch.zeros(x_BD.shape[0], self.cfg.d_sae, dtype=vals_BK.dtype, device=vals_BK.device)
-        return out.scatter(1, idx_BK, vals_BK)
-
     def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
         u, v = self.uv(x_BD)
         idx_BK = self.select(u.detach(), v.detach(), self.cfg.k)

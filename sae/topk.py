@@ -16,12 +16,6 @@ class TopKSAE(SAE):
         vals_BK, idx_BK = pre_BF.topk(k or self.cfg.k, dim=1, sorted=True)
         return vals_BK.relu(), idx_BK
 
-    def encode(self, x_BD: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        vals_BK, idx_BK = self.encode_sparse(x_BD, k)
-        return torch.zeros(x_BD.shape[0], self.cfg.d_sae, dtype=vals_BK.dtype, device=vals_BK.device).scatter(
-            1, idx_BK, vals_BK
-        )
-
     def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
         pre_BF = self.preacts(x_BD)
         idx_BK = pre_BF.detach().topk(self.cfg.k, dim=1, sorted=False).indices
