@@ -110,6 +110,8 @@ class ModelActivations:
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         if len(dataset) == 0:
             raise ValueError("the text dataset is empty")
+        if tokenizer.pad_token is None:  # batches of documents are padded
+            tokenizer.pad_token = tokenizer.eos_token
 
     def start_state(self, rank: int = 0, world: int = 1) -> dict:
         return {"doc": rank, "stride": world}
@@ -122,8 +124,6 @@ class ModelActivations:
         return h[keep].float().cpu(), ids[keep].cpu()
 
     def block(self, state: dict, n_rows: int) -> Block:
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
         acts, ids, doc = [], [], state["doc"]
         total = 0
         while total < n_rows:

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -245,7 +246,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
             cfg.eval_tokens,
         )
         metrics = evaluate(result, eval_batches)
-        extra = {**info, "train": _jsonable(cfg), "activation_scale": scale, "metrics": metrics}
+        extra = {**info, "train": asdict(cfg), "activation_scale": scale, "metrics": metrics}
         save_sae(result, out, extra)
         atomic_write_json(out / "metrics.json", metrics)
     barrier()
@@ -264,9 +265,3 @@ def _trim_log(path: Path, step: int) -> None:
         return
     rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
     path.write_text("".join(r + "\n" for r in rows))
-
-
-def _jsonable(cfg: TrainConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
