@@ -11,6 +11,9 @@ from app.cli_args import add_dataclass_args, from_args
 
 
 def _commands():
+    from audio.commands import SynthesizeConfig, run_demo_build, run_synthesize
+    from audio.demo.build import DemoBuildConfig
+    from audio.harvest import train_sae
     from sae.commands import (
         EvalConfig,
         HarvestConfig,
@@ -19,16 +22,18 @@ def _commands():
         run_harvest,
         run_quickstart,
     )
-    from sae.training import TrainConfig, train
+    from sae.training import TrainConfig
 
     def do_train(cfg):
-        res = train(cfg)
+        res = train_sae(cfg)
         return {"out": str(res.path), **res.metrics}
 
     return {
-        "train": (TrainConfig, do_train, "train an SAE on a model's residual stream or on cached activations"),
+        "train": (TrainConfig, do_train, "train an SAE on a model's residual stream (or a TTS backbone's)"),
         "eval": (EvalConfig, run_eval, "evaluate an SAE (EV, L0, dead latents, per modality, CE recovered)"),
         "harvest": (HarvestConfig, lambda c: {"out": str(run_harvest(c))}, "cache a layer's activations"),
+        "synthesize": (SynthesizeConfig, run_synthesize, "speak a text with a TTS backbone and write a WAV"),
+        "demo build": (DemoBuildConfig, run_demo_build, "build the embedded demo TTS backbone from scratch"),
         "quickstart": (QuickstartConfig, run_quickstart, "offline end-to-end run on a tiny LM built locally"),
     }
 
@@ -36,9 +41,18 @@ def _commands():
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttslens", description="Interpretability and control for TTS LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, (cls, _fn, help_) in _commands().items():
-        p = sub.add_parser(
-            name,
+        where, leaf = sub, name
+        if " " in name:  # "demo build": a command group
+            group, leaf = name.split(" ", 1)
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(
+                    dest="subcommand", required=True
+                )
+            where = groups[group]
+        p = where.add_parser(
+            leaf,
             help=help_,
             description=(cls.__doc__ or help_).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cls, fn, _ = _commands()[args.command]
+    name = f"{args.command} {args.subcommand}" if getattr(args, "subcommand", None) else args.command
+    cls, fn, _ = _commands()[name]
     try:
         result = fn(from_args(cls, args))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"ttslens {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"ttslens {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ttslens {args.command}: interrupted (re-run with --resume to continue)", file=sys.stderr)
+        print(f"ttslens {name}: interrupted (re-run the same command to continue)", file=sys.stderr)
         return 130
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
         print(json.dumps(result, indent=2, default=str))

@@ -42,7 +42,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + ALIASES.get(path[-1], path[-1]).replace("_", "-")
         dest = "__".join(path)
-        if t is bool:
+        if f.metadata.get("positional"):
+            parser.add_argument(dest, metavar=path[-1].upper(), nargs="?", default=default, help=doc)
+        elif t is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=doc)
         else:
             kind = t if t in (int, float, str) else str

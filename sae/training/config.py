@@ -22,6 +22,8 @@ class TrainConfig:
     """Column of --dataset holding the text."""
     activations: str = ""
     """Cached activations instead of a model: a safetensors file or a directory of shards."""
+    backbone: str = ""
+    """A TTS backbone instead (e.g. demo): teacher-forced over its corpus, with text/speech modality."""
     layer: int = 0
     """Decoder layer whose output (the residual stream after it) is read."""
     context: int = 256
@@ -68,8 +70,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sae, dict):
             self.sae = SAEConfig.from_dict(self.sae)
-        if bool(self.activations) == bool(self.model):
-            raise ValueError("give exactly one data source: --activations PATH or --model ID --dataset NAME")
+        if bool(self.activations) + bool(self.model) + bool(self.backbone) != 1:
+            raise ValueError(
+                "give exactly one data source: --activations PATH, --model ID --dataset NAME, or --backbone NAME"
+            )
         if self.model and not self.dataset:
             raise ValueError("--model needs --dataset (a hub name or a local text file)")
         if self.tokens < self.batch_size:

@@ -44,6 +44,8 @@ class TrainResult(NamedTuple):
 
 def build_source(cfg: TrainConfig):
     """Training source, evaluation source and facts about the data for the SAE's metadata."""
+    if cfg.backbone:
+        raise ValueError("a --backbone run needs its source from audio/: use `ttslens train` or audio.train_sae")
     if cfg.activations:
         full = CachedActivations(cfg.activations)
         n = full.total_rows
@@ -99,11 +101,15 @@ def _init_sae(cfg: TrainConfig, source, dist: DistInfo) -> tuple[SAE, float]:
 
 
 def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
+    """Train per `cfg`. `source`: an activation source, or (train source, eval source, metadata) —
+    how callers outside sae/ (e.g. a TTS backbone in audio/) supply data."""
     dist = setup(cfg.device)
     out = Path(cfg.out)
     checkpoint.check_out_dir(out, cfg.resume, cfg.overwrite)
     if source is None:
         train_src, eval_src, info = build_source(cfg)
+    elif isinstance(source, tuple):
+        train_src, eval_src, info = source
     else:
         train_src, eval_src, info = source, source, {"layer": cfg.layer}
     cfg.sae.d_in = train_src.d

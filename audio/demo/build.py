@@ -1,0 +1,269 @@
+"""`ttslens demo build`: corpus (espeak-ng) → codec → laughter detector → demo LM → assets.
+
+Every stage caches its result under `--workdir`, so an interrupted build continues where it stopped;
+the assets directory is replaced only at the end, in one rename, so a failed build never leaves a
+half-written backbone behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from audio.demo.backbone import ASSETS
+from audio.demo.lm import DemoLMConfig, Example, build_lm, heldout_loss, train_lm
+from audio.demo.tokenizer import DemoTokenizer
+from sae.files import atomic_path, atomic_write_json
+
+SMALL_LM = DemoLMConfig(
+    d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=128, steps=30, batch_tokens=2048, warmup=5
+)
+
+
+@dataclass
+class DemoBuildConfig:
+    """Build the embedded demo TTS backbone from scratch: synthesise a corpus with espeak-ng (known
+    voice, gender, rate and laughter for every utterance), fit the speech codec and a laughter
+    detector on it, train the demo LM, and write the assets the `demo` backbone loads."""
+
+    out: str = ""
+    """Assets directory to write (default: the package's own, audio/demo/assets; WORKDIR/assets with --small)."""
+    workdir: str = "runs/demo-build"
+    """Build cache (corpus audio, codec, tokens, LM); re-running the same command resumes from it."""
+    small: bool = False
+    """A few-minute build for CI and smoke tests: a handful of utterances, a tiny codec and LM."""
+    utterances: int = 6000
+    """Corpus size (utterances), held-out ones included."""
+    heldout: int = 300
+    """Utterances kept out of codec, detector and LM training (for evaluation)."""
+    seed: int = 0
+    """Seed for the corpus, the codec, the detector and the LM."""
+    lm: DemoLMConfig = field(default_factory=DemoLMConfig)
+    """The LM's size and training."""
+    overwrite: bool = False
+    """Replace an existing assets directory (the packaged one is always replaceable)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lm, dict):
+            self.lm = DemoLMConfig(**self.lm)
+        if self.small:
+            self.utterances, self.heldout, self.lm = min(self.utterances, 40), min(self.heldout, 8), SMALL_LM
+        if self.utterances <= self.heldout + 1:
+            raise ValueError(
+                f"--utterances {self.utterances} leaves nothing to train on after --heldout {self.heldout}"
+            )
+
+
+def _codec_config(cfg: DemoBuildConfig):
+    from audio.codec import CodecConfig
+
+    return CodecConfig(seed=cfg.seed, n_env=16) if cfg.small else CodecConfig(seed=cfg.seed)
+
+
+def _examples(tok: DemoTokenizer, utts, tokens) -> list[Example]:
+    out = []
+    for u, t in zip(utts, tokens, strict=True):
+        ids = [tok.sos]
+        if u.instruct:
+            ids += [*tok.encode_text(u.instruct), tok.eop]
+        ids += tok.encode_text(u.text)
+        first = len(ids)
+        ids += [tok.task, *(np.asarray(t) + tok.speech_offset).tolist(), tok.eos]
+        out.append(Example(torch.tensor(ids, dtype=torch.long), first))
+    return out
+
+
+def _stage(name: str, progress: bool) -> float:
+    if progress:
+        print(f"[demo build] {name}", file=sys.stderr, flush=True)
+    return time.perf_counter()
+
+
+def command_line(cfg: DemoBuildConfig) -> str:
+    """The `ttslens demo build` command that reproduces `cfg` (flags for non-default fields)."""
+    base = DemoBuildConfig(small=cfg.small)
+    flags = []
+    for name, value in {**asdict(cfg), **asdict(cfg.lm)}.items():
+        default = {**asdict(base), **asdict(base.lm)}.get(name)
+        if name != "lm" and value != default:
+            flags.append(f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}"))
+    return " ".join(["ttslens demo build", *(["--small"] if cfg.small else []), *flags])
+
+
+def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
+    """Run (or resume) the whole build; returns the metrics also written to build.json."""
+    import soundfile as sf
+
+    from audio.codec import Codec, fit_codec
+    from audio.corpus import build_corpus
+    from audio.espeak import require_espeak
+    from audio.laughter import LaughterDetector, fit_laughter_detector
+
+    require_espeak()
+    work = Path(cfg.workdir)
+    out = Path(cfg.out) if cfg.out else (work / "assets" if cfg.small else ASSETS)
+    if cfg.out and out.exists() and any(out.iterdir()) and not cfg.overwrite:  # the default places are ours
+        raise FileExistsError(f"{out} already holds files: pass --overwrite to replace it, or choose another --out")
+    work.mkdir(parents=True, exist_ok=True)
+    # the corpus, codec, tokens and detector depend on these; the LM is cached per LM config
+    data_cfg = {k: getattr(cfg, k) for k in ("small", "utterances", "heldout", "seed")}
+    stamp = work / "build_config.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != data_cfg:
+        raise ValueError(f"{work} holds a build of another corpus ({stamp}): use another --workdir or delete it")
+    atomic_write_json(stamp, data_cfg)
+    t_all, metrics = time.perf_counter(), {}
+
+    # 1. corpus -----------------------------------------------------------------------------------
+    t = _stage(f"corpus: {cfg.utterances} utterances with espeak-ng", progress)
+    utts = build_corpus(work / "corpus", cfg.utterances, seed=cfg.seed, progress=progress)
+    n_train = len(utts) - cfg.heldout
+
+    def wave(u):
+        return sf.read(work / "corpus" / "wav" / f"{u.id}.wav", dtype="float32")[0]
+
+    metrics["corpus"] = {
+        "utterances": len(utts),
+        "hours": round(sum(u.duration for u in utts) / 3600, 3),
+        "laughing": sum(bool(u.laughter) for u in utts),
+        "spontaneous": sum(u.spontaneous for u in utts),
+        "with_instruct": sum(bool(u.instruct) for u in utts),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
+
+    # 2. codec and tokens -------------------------------------------------------------------------
+    t = _stage("codec: fit and encode the corpus", progress)
+    if (work / "codec" / "codec.json").exists():
+        codec = Codec.load(work / "codec")
+    else:
+        codec = fit_codec((wave(u) for u in utts[:n_train]), _codec_config(cfg), progress=progress)
+        codec.save(work / "codec")
+    tok_path = work / "tokens.safetensors"
+    if tok_path.exists():
+        from safetensors.torch import load_file
+
+        flat = load_file(str(tok_path))
+        tokens = list(torch.split(flat["tokens"].long(), flat["lengths"].tolist()))
+    else:
+        from tqdm.auto import tqdm
+
+        tokens = [torch.from_numpy(codec.encode(wave(u))) for u in tqdm(utts, desc="encode", disable=not progress)]
+        with atomic_path(tok_path) as tmp:
+            save_file(_flat(tokens), str(tmp))
+    metrics["codec"] = {"vocab_size": codec.vocab_size, "frame_rate": codec.config.frame_rate}
+    metrics["codec_seconds"] = round(time.perf_counter() - t, 1)
+
+    # 3. laughter detector, fitted on codec-decoded audio (what generated speech sounds like) ----
+    t = _stage("laughter detector", progress)
+    if (work / "laughter" / "report.json").exists():
+        detector = LaughterDetector.load(work / "laughter")
+        report = json.loads((work / "laughter" / "report.json").read_text())
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        laughing = [i for i in range(n_train) if utts[i].laughter]
+        plain = [i for i in range(n_train) if not utts[i].laughter]
+        pick = laughing[:800] + rng.permutation(plain)[: max(len(laughing[:800]), 16)].tolist()
+        detector, fit = fit_laughter_detector(
+            [codec.decode(tokens[i].numpy()) for i in pick],
+            [utts[i].laughter for i in pick],
+            seed=cfg.seed,
+            progress=progress,
+        )
+        report = {k: round(v, 4) if isinstance(v, float) else v for k, v in fit._asdict().items()}
+        detector.save(work / "laughter")
+        atomic_write_json(work / "laughter" / "report.json", report)
+    metrics["laughter_detector"] = report
+    metrics["laughter_seconds"] = round(time.perf_counter() - t, 1)
+
+    # 4. the LM -------------------------------------------------------------------------------------
+    t = _stage(f"demo LM: {cfg.lm.steps} steps", progress)
+    tok = DemoTokenizer(codec.vocab_size)
+    examples = _examples(tok, utts, tokens)
+    too_long = max(len(e.ids) for e in examples)
+    if too_long > cfg.lm.max_positions:
+        raise ValueError(f"an utterance needs {too_long} positions > --max-positions {cfg.lm.max_positions}")
+    model = build_lm(tok.vocab_size, cfg.lm, tok.pad, seed=cfg.seed)
+    lm_dir = work / ("lm-" + hashlib.sha1(json.dumps(asdict(cfg.lm), sort_keys=True).encode()).hexdigest()[:10])
+    if (lm_dir / "lm.safetensors").exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(lm_dir / "lm.safetensors")))
+        history = json.loads((lm_dir / "history.json").read_text())
+    else:
+        history = [
+            h._asdict()
+            for h in train_lm(
+                model,
+                examples[:n_train],
+                cfg.lm,
+                codec.vocab_size,
+                tok.speech_offset,
+                tok.pad,
+                tok.eos,
+                seed=cfg.seed,
+                progress=progress,
+            )
+        ]
+        lm_dir.mkdir(exist_ok=True)
+        with atomic_path(lm_dir / "lm.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        atomic_write_json(lm_dir / "history.json", history)
+    args = (codec.vocab_size, tok.speech_offset, tok.pad, tok.eos)
+    metrics["lm"] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "final_train_loss": round(history[-1]["loss"], 4) if history else None,
+        "tokens_per_s": round(history[-1]["tokens_per_s"]) if history else None,
+        "heldout_loss": round(heldout_loss(model, examples[n_train:], *args), 4),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
+
+    # 5. assets, replaced in one rename --------------------------------------------------------------
+    metrics["build_seconds"] = round(time.perf_counter() - t_all, 1)
+    info = {
+        "command": command_line(cfg),
+        "config": asdict(cfg) | {"out": str(out)},
+        "metrics": metrics,
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "lm.json").write_text(model.config.to_json_string())
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(tmp / "lm.safetensors"))
+    (tmp / "tokenizer.json").write_text(json.dumps(tok.to_dict()))
+    codec.save(tmp)
+    detector.save(tmp)
+    save_file(_flat(tokens), str(tmp / "corpus.safetensors"))
+    with open(tmp / "corpus.jsonl", "w") as f:
+        for i, u in enumerate(utts):
+            rec = u.to_json() if hasattr(u, "to_json") else asdict(u)
+            rec = json.loads(rec) if isinstance(rec, str) else rec
+            f.write(json.dumps(rec | {"split": "train" if i < n_train else "heldout"}) + "\n")
+    (tmp / "build.json").write_text(json.dumps(info, indent=1))
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    if progress:
+        print(f"[demo build] wrote {out} in {metrics['build_seconds']:.0f} s", file=sys.stderr)
+    return {"out": str(out), **metrics}
+
+
+def _flat(tokens: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        "tokens": torch.cat([t.to(torch.int16) for t in tokens]),
+        "lengths": torch.tensor([len(t) for t in tokens], dtype=torch.int64),
+    }

@@ -1,0 +1,77 @@
+"""The demo backbone's vocabulary: specials, characters, then speech tokens, in one id space.
+
+Sequence layout (as CosyVoice3's): `<sos> [instruct <endofprompt>] text <task> speech… <eos>`.
+Text is read character by character after a light normalisation (lower case, accents stripped,
+typographic quotes and dashes folded); `[laughter]` is one token. Anything else is refused with a
+message that names the characters.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+SPECIALS = ("<pad>", "<sos>", "<endofprompt>", "<task>", "<eos>")
+TAGS = ("[laughter]",)
+CHARS = " abcdefghijklmnopqrstuvwxyz.,?!'-"
+FOLD = {"’": "'", "‘": "'", "`": "'", "“": "", "”": "", '"': "", ";": ",", ":": ",", "—": "-", "–": "-"}
+_TAG = re.compile(r"\[([^\[\]]*)\]")
+
+
+class DemoTokenizer:
+    """Character tokenizer + speech-token offset (`n_speech` ids after the text vocabulary)."""
+
+    def __init__(self, n_speech: int) -> None:
+        self.n_speech = n_speech
+        self.text_vocab = [*SPECIALS, *TAGS, *CHARS]
+        self.index = {t: i for i, t in enumerate(self.text_vocab)}
+        self.pad, self.sos, self.eop, self.task, self.eos = (self.index[s] for s in SPECIALS)
+        self.speech_offset = len(self.text_vocab)
+        self.vocab_size = self.speech_offset + n_speech
+
+    def normalize(self, text: str) -> str:
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(FOLD.get(c, c) for c in text if not unicodedata.combining(c)).lower()
+        return " ".join(text.split())
+
+    def encode_text(self, text: str, what: str = "text") -> list[int]:
+        """Ids of a text (or instruct); raises ValueError naming any problem."""
+        text = self.normalize(text)
+        if not text:
+            raise ValueError(f"empty {what}: give at least one word")
+        ids: list[int] = []
+        pos = 0
+        for m in _TAG.finditer(text):
+            ids += self._chars(text[pos : m.start()], what)
+            tag = f"[{m.group(1).strip()}]"
+            if tag not in TAGS:
+                raise ValueError(f"unknown tag {m.group(0)!r} in the {what}: the demo backbone knows {', '.join(TAGS)}")
+            ids.append(self.index[tag])
+            pos = m.end()
+        ids += self._chars(text[pos:], what)
+        return ids
+
+    def _chars(self, s: str, what: str) -> list[int]:
+        if "[" in s or "]" in s:
+            raise ValueError(f"malformed tag in the {what} near {s.strip()!r}: write tags as [laughter]")
+        bad = sorted({c for c in s if c not in self.index})
+        if bad:
+            hint = " (spell numbers out)" if any(c.isdigit() for c in bad) else ""
+            raise ValueError(
+                f"the {what} has characters the demo backbone cannot read: {''.join(bad)!r}{hint}; "
+                f"it reads letters, spaces and {CHARS[27:]!r}"
+            )
+        return [self.index[c] for c in s]
+
+    def decode_text(self, ids) -> str:
+        return "".join(self.text_vocab[i] for i in ids if i < self.speech_offset and i >= len(SPECIALS))
+
+    def to_dict(self) -> dict:
+        return {"n_speech": self.n_speech, "text_vocab": self.text_vocab}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DemoTokenizer:
+        tok = cls(int(d["n_speech"]))
+        if d.get("text_vocab") != tok.text_vocab:
+            raise ValueError("the tokenizer file does not match this ttslens: rebuild with `ttslens demo build`")
+        return tok

@@ -1,0 +1,199 @@
+"""The backbone interface, on a demo backbone built here with `--small`, and the shipped one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main as cli
+from audio import Intervention, load_backbone
+from audio.demo.backbone import ASSETS, DemoBackbone
+from sae.activations import SPECIAL, SPEECH, TEXT
+
+
+@pytest.fixture(scope="session")
+def small_assets(tmp_path_factory):
+    """`ttslens demo build --small`, end to end: corpus → codec → laughter detector → LM → assets."""
+    work = tmp_path_factory.mktemp("demo_small")
+    assert cli(["demo", "build", "--small", "--workdir", str(work)]) == 0
+    return work / "assets"
+
+
+@pytest.fixture(scope="session")
+def small(small_assets):
+    return load_backbone(str(small_assets))
+
+
+def test_small_build_writes_a_loadable_backbone(small_assets, small):
+    info = json.loads((small_assets / "build.json").read_text())
+    assert info["command"].startswith("ttslens demo build --small")
+    assert info["metrics"]["corpus"]["utterances"] == 40 and info["metrics"]["lm"]["heldout_loss"] > 0
+    assert small.corpus("train") and small.corpus("heldout")
+    g = small.generate("hello there.", seed=0, max_tokens=20)
+    wave = small.decode(g.tokens)
+    assert wave.dtype == np.float32 and len(wave) == len(g.tokens) * small.codec.hop
+
+
+def test_build_resumes_from_its_workdir(small_assets, capsys):
+    work = small_assets.parent
+    (lm_dir,) = work.glob("lm-*")
+    before = (lm_dir / "lm.safetensors").stat().st_mtime_ns
+    assert cli(["demo", "build", "--small", "--workdir", str(work)]) == 0
+    assert (lm_dir / "lm.safetensors").stat().st_mtime_ns == before  # nothing retrained
+    assert cli(["demo", "build", "--small", "--workdir", str(work), "--utterances", "30"]) == 2
+    assert "another corpus" in capsys.readouterr().err
+
+
+def test_sequence_layout_mirrors_cosyvoice(small):
+    tok = small.tok
+    seq = small.sequence("hi [laughter] you.", instruct="a woman speaking.")
+    ids, mod = seq.ids.tolist(), seq.modality.tolist()
+    assert ids[0] == tok.sos and mod[0] == SPECIAL
+    eop = ids.index(tok.eop)
+    assert mod[eop] == SPECIAL and set(mod[1:eop]) == {TEXT}
+    assert ids[-1] == tok.task and mod[-1] == SPECIAL and set(mod[eop + 1 : -1]) == {TEXT}
+    assert tok.index["[laughter]"] in ids
+    assert torch.isnan(seq.times).all() and not seq.prompt.any()
+    full = small.append_speech(seq, torch.tensor([3, 1, 4]))
+    assert full.modality[-3:].tolist() == [SPEECH] * 3
+    assert torch.allclose(full.times[-3:], torch.tensor([0, 1, 2]) / small.token_rate)
+
+
+def test_voice_prompt_positions_are_marked(small):
+    seq = small.sequence("and more.", prompt=("first words.", torch.tensor([5, 6, 7, 8])))
+    assert seq.prompt[-4:].all() and (seq.modality[-4:] == SPEECH).all()
+    assert seq.prompt[(seq.modality == TEXT)].any()  # the prompt's text
+    g = small.generate("and more.", prompt=("first words.", torch.tensor([5, 6, 7, 8])), seed=1, max_tokens=5)
+    assert torch.allclose(g.sequence.times[-len(g.tokens) :], (4 + torch.arange(len(g.tokens))) / small.token_rate)
+
+
+def test_hooks_see_one_position_per_step_under_the_kv_cache(small):
+    widths = []
+    handle = small.layers()[0].register_forward_hook(
+        lambda m, i, o: widths.append(o[0].shape[-2] if isinstance(o, tuple) else o.shape[1])
+    )
+    try:
+        g = small.generate("one two three.", seed=0, max_tokens=6, min_tokens=6)
+    finally:
+        handle.remove()
+    prefix = len(small.sequence("one two three."))
+    assert widths[0] == prefix and widths[1:] == [1] * 6 and len(g.tokens) == 6
+
+
+def test_generation_is_seeded(small):
+    a = small.generate("the cat sat.", seed=4, max_tokens=30)
+    b = small.generate("the cat sat.", seed=4, max_tokens=30)
+    c = small.generate("the cat sat.", seed=5, max_tokens=30)
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, c.tokens) or len(a.tokens) < 3
+
+
+def test_speech_intervention_leaves_text_positions_untouched(small):
+    tokens = torch.tensor([1, 2, 3, 4, 5])
+    push = torch.full((small.d_model,), 3.0)
+    iv = Intervention(layer=0, edit=lambda h: h + push)
+    clean = small.teacher_forced("a dog ran.", tokens, layers=[0, 1])
+    steered = small.teacher_forced("a dog ran.", tokens, layers=[0, 1], interventions=[iv])
+    speech = clean.sequence.modality == SPEECH
+    for layer in (0, 1):  # text positions see nothing (causal), speech positions change
+        assert torch.allclose(clean.hidden[layer][~speech], steered.hidden[layer][~speech])
+    assert torch.allclose(steered.hidden[0][speech], clean.hidden[0][speech] + push, atol=1e-5)
+    assert not torch.allclose(clean.hidden[1][speech], steered.hidden[1][speech])
+    text_iv = Intervention(layer=0, edit=lambda h: h * 0, scope="text")
+    zeroed = small.teacher_forced("a dog ran.", tokens, layers=[0], interventions=[text_iv])
+    assert (zeroed.hidden[0][clean.sequence.modality == TEXT] == 0).all()
+
+
+def test_cached_generation_matches_teacher_forcing_with_interventions(small):
+    """The intervention applied step by step under the KV cache equals the same intervention over
+    the whole sequence at once: the cache holds steered keys and values, as it should."""
+    push = torch.randn(small.d_model, generator=torch.Generator().manual_seed(0))
+    iv = Intervention(layer=1, edit=lambda h: h + push)
+    g = small.generate("sing a song.", seed=2, max_tokens=12, min_tokens=12, interventions=[iv], record=[1])
+    tf = small.teacher_forced("sing a song.", g.tokens, layers=[1], interventions=[iv])
+    assert g.hidden[1].shape == tf.hidden[1].shape
+    assert torch.allclose(g.hidden[1], tf.hidden[1], atol=1e-4)
+    with pytest.raises(ValueError, match="out of range"):
+        small.generate("x.", interventions=[Intervention(layer=99, edit=lambda h: h)])
+    with pytest.raises(ValueError, match="scope"):
+        Intervention(layer=0, edit=lambda h: h, scope="prompt")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "empty text"),
+        ("   ", "empty text"),
+        ("costs 5 euros", "spell numbers out"),
+        ("price in €", "cannot read"),
+        ("he [laughs] loud", "unknown tag"),
+        ("he [laughter loud", "malformed tag"),
+        ("word " * 400, "at most"),
+    ],
+)
+def test_bad_text_gets_a_clear_error(small, text, match):
+    with pytest.raises(ValueError, match=match):
+        small.generate(text, max_tokens=2)
+
+
+def test_text_normalisation_accepts_ordinary_typography(small):
+    a = small.sequence("Café — “Hello” [Laughter]").ids
+    b = small.sequence("cafe - hello [laughter]").ids
+    assert torch.equal(a, b)
+
+
+def test_unknown_backbone_and_corrupt_files(small_assets, tmp_path):
+    with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+        load_backbone("nope")
+    bad = tmp_path / "bad"
+    shutil.copytree(small_assets, bad)
+    data = (bad / "lm.safetensors").read_bytes()
+    (bad / "lm.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt.*ttslens demo build"):
+        load_backbone(str(bad))
+    (bad / "lm.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        DemoBackbone.load(bad)
+
+
+def test_missing_espeak_is_explained(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert cli(["demo", "build", "--small", "--workdir", str(tmp_path / "w")]) == 2
+    assert "apt-get install espeak-ng" in capsys.readouterr().err
+
+
+def test_synthesize_command_writes_a_wav(small_assets, tmp_path, capsys):
+    import soundfile as sf
+
+    out = tmp_path / "hi.wav"
+    argv = ["synthesize", "--backbone", str(small_assets), "hello [laughter] there.", "--seed", "3", "--out", str(out)]
+    assert cli([*argv, "--max-seconds", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    wave, sr = sf.read(out)
+    assert sr == 16000 and report["duration_s"] == pytest.approx(len(wave) / sr, abs=1e-3) and len(wave) <= sr
+    assert cli(["synthesize", "--backbone", str(small_assets), "", "--out", str(out)]) == 2
+    assert cli(["synthesize", "--backbone", "nope", "hi", "--out", str(out)]) == 2
+
+
+def test_train_an_sae_on_the_backbone_per_modality(small_assets, tmp_path, capsys):
+    out = tmp_path / "sae"
+    argv = ["train", "--backbone", str(small_assets), "--layer", "1", "--latents", "64", "--k", "4"]
+    argv += ["--tokens", "4096", "--batch-size", "512", "--eval-tokens", "1024", "--out", str(out)]
+    assert cli(argv) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"text", "speech"} <= set(metrics["by_modality"])
+    assert metrics["by_modality"]["speech"]["tokens"] > 0
+    assert cli([*argv[:3], "--layer", "9", *argv[5:], "--overwrite"]) == 2
+
+
+def test_shipped_backbone_loads_and_speaks():
+    if not (ASSETS / "lm.safetensors").exists():
+        pytest.fail("the shipped demo backbone is missing from audio/demo/assets: run `ttslens demo build`")
+    bb = load_backbone("demo")
+    assert bb.identity()["name"] == "demo" and bb.n_layers >= 4
+    wave, g = bb.synthesize("good morning to you.", seed=0)
+    assert g.stopped and len(wave) > bb.sample_rate // 2 and np.isfinite(wave).all()
