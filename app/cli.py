@@ -11,17 +11,10 @@ from app.cli_args import add_dataclass_args, from_args
 
 
 def _commands():
-    from audio.commands import SynthesizeConfig, run_demo_build, run_synthesize
+    from audio.commands import QuickstartConfig, SynthesizeConfig, run_demo_build, run_quickstart, run_synthesize
     from audio.demo.build import DemoBuildConfig
     from audio.harvest import train_sae
-    from sae.commands import (
-        EvalConfig,
-        HarvestConfig,
-        QuickstartConfig,
-        run_eval,
-        run_harvest,
-        run_quickstart,
-    )
+    from sae.commands import EvalConfig, HarvestConfig, TextQuickstartConfig, run_eval, run_harvest, run_text_quickstart
     from sae.training import TrainConfig
 
     def do_train(cfg):
@@ -34,7 +27,8 @@ def _commands():
         "harvest": (HarvestConfig, lambda c: {"out": str(run_harvest(c))}, "cache a layer's activations"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text with a TTS backbone and write a WAV"),
         "demo build": (DemoBuildConfig, run_demo_build, "build the embedded demo TTS backbone from scratch"),
-        "quickstart": (QuickstartConfig, run_quickstart, "offline end-to-end run on a tiny LM built locally"),
+        "quickstart": (QuickstartConfig, run_quickstart, "offline end-to-end TTS loop on the embedded demo backbone"),
+        "quickstart-text": (TextQuickstartConfig, run_text_quickstart, "offline SAE loop on a tiny text LM built here"),
     }
 
 

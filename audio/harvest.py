@@ -78,10 +78,43 @@ def backbone_sources(name: str, layer: int):
     return src, BackboneActivations(bb, held or train_items, layer), info
 
 
+@torch.no_grad()
+def speech_ce(backbone: TTSBackbone, sae, layer: int, items: list[CorpusItem]) -> dict[str, float]:
+    """Cross-entropy of the speech tokens (and the stop) teacher-forced: clean, with the SAE's
+    reconstruction replacing the residual after `layer` at every position, and with it zeroed;
+    CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)."""
+    from audio.backbone import Intervention
+
+    def ce(interventions) -> float:
+        total, n = 0.0, 0
+        for it in items:
+            tf = backbone.teacher_forced(it.text, it.tokens, it.instruct, interventions=interventions)
+            n_sp = len(it.tokens)
+            logits = tf.logits[-n_sp - 1 :]  # from the last prefix position on
+            targets = torch.cat([it.tokens, torch.tensor([backbone.n_speech])])
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            n += n_sp + 1
+        return total / n
+
+    recon = Intervention(layer, lambda h: sae.reconstruct(h.float()).to(h.dtype), scope="all")
+    zero = Intervention(layer, torch.zeros_like, scope="all")
+    clean, spliced, zeroed = ce([]), ce([recon]), ce([zero])
+    return {
+        "ce_clean": clean,
+        "ce_sae": spliced,
+        "ce_zero": zeroed,
+        "ce_recovered": (zeroed - spliced) / max(zeroed - clean, 1e-12),
+    }
+
+
 def train_sae(cfg, progress: bool = True):
-    """`sae.training.train`, resolving `cfg.backbone` to a teacher-forced backbone source."""
+    """`sae.training.train`, resolving `cfg.backbone` to a teacher-forced backbone source; for a
+    backbone the metrics add the speech-token CE with the SAE spliced in (held-out items)."""
     from sae.training import train
 
-    if cfg.backbone:
-        return train(cfg, source=backbone_sources(cfg.backbone, cfg.layer), progress=progress)
-    return train(cfg, progress=progress)
+    if not cfg.backbone:
+        return train(cfg, progress=progress)
+    src, held, info = backbone_sources(cfg.backbone, cfg.layer)
+    res = train(cfg, source=(src, held, info), progress=progress)
+    res.metrics["speech_ce"] = speech_ce(held.backbone, res.sae.cpu(), cfg.layer, held.items[:32])
+    return res

@@ -126,7 +126,7 @@ def run_harvest(cfg: HarvestConfig) -> Path:
 
 
 @dataclass
-class QuickstartConfig:
+class TextQuickstartConfig:
     """End to end, offline: build a tiny LM, train an SAE on its residual stream, evaluate it."""
 
     out: str = "runs/quickstart"
@@ -143,7 +143,7 @@ class QuickstartConfig:
     """Layer of the tiny LM to read."""
 
 
-def run_quickstart(cfg: QuickstartConfig) -> dict:
+def run_text_quickstart(cfg: TextQuickstartConfig) -> dict:
     from sae.base import SAEConfig
     from sae.tiny import build_tiny_lm
     from sae.training import TrainConfig, train

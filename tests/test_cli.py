@@ -18,7 +18,7 @@ def test_help_lists_commands_and_field_docs(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("train", "eval", "harvest", "quickstart"):
+    for cmd in ("train", "eval", "harvest", "quickstart", "quickstart-text", "synthesize"):
         assert cmd in out
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -75,7 +75,7 @@ def test_missing_files_are_one_line(tmp_path, capsys):
 
 
 def test_quickstart_end_to_end(tmp_path, capsys):
-    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--tokens", "120000", "--latents", "256"]) == 0
+    assert main(["quickstart-text", "--out", str(tmp_path / "qs"), "--tokens", "120000", "--latents", "256"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["fvu"] < 0.5 and m["ce_recovered"] > 0.5
     assert (tmp_path / "qs" / "sae" / "sae_weights.safetensors").exists()

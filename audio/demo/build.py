@@ -249,6 +249,8 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
             rec = json.loads(rec) if isinstance(rec, str) else rec
             f.write(json.dumps(rec | {"split": "train" if i < n_train else "heldout"}) + "\n")
     (tmp / "build.json").write_text(json.dumps(info, indent=1))
+    for f in tmp.iterdir():  # atomic writers create owner-only files; assets are for everyone
+        f.chmod(0o644)
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,115 @@
+"""The demo speech codec on synthetic voices: duration and pitch survive a round trip; tokens, files, errors."""
+
+import librosa
+import numpy as np
+import pytest
+import torch
+from scipy.signal import lfilter
+
+from audio.codec import Codec, CodecConfig, fit_codec, frame_features
+
+SR, HOP = 16000, 640
+TONE = (0.3, 1.3)  # seconds: where the voiced part of each test signal is
+
+
+def vowel(f0: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A glottal-pulse-like tone at `f0` (slight vibrato) through /a/-like formant resonators."""
+    t = np.arange(int(seconds * SR)) / SR
+    cycles = np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * 5 * t))) / SR
+    source = np.maximum(np.sin(2 * np.pi * cycles), 0) ** 4
+    y = source - source.mean() + 0.01 * rng.standard_normal(len(t))
+    for fc, bw in ((700, 110), (1200, 140), (2600, 200)):
+        r = np.exp(-np.pi * bw / SR)
+        y = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * fc / SR), r * r], y)
+    return 0.3 * y / np.abs(y).max()
+
+
+def utterance(f0: float, seed: int) -> np.ndarray:
+    """Silence, a 1 s vowel at `f0`, a noise burst (a fricative), silence; not a multiple of the hop long."""
+    rng = np.random.default_rng(seed)
+    parts = [np.zeros(int(TONE[0] * SR)), vowel(f0, TONE[1] - TONE[0], rng)]
+    parts += [0.05 * rng.standard_normal(int(0.3 * SR)), np.zeros(int(0.25 * SR) + 123)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def median_f0(wave: np.ndarray) -> float:
+    """Median librosa.yin pitch over the middle of the vowel."""
+    f0 = librosa.yin(wave, fmin=60, fmax=500, sr=SR, frame_length=1024, hop_length=160)
+    return float(np.median(f0[int((TONE[0] + 0.1) * 100) : int((TONE[1] - 0.1) * 100)]))
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    waves = [utterance(f0, seed) for seed, f0 in enumerate((105, 110, 118, 205, 220, 235))]
+    return fit_codec(waves, CodecConfig(n_env=8, kmeans_iters=20), progress=False)
+
+
+@pytest.mark.parametrize("f0", [110.0, 220.0])
+def test_round_trip_keeps_duration_and_pitch(codec, f0):
+    wave = utterance(f0, seed=100)
+    tokens = codec.encode(wave)
+    assert tokens.dtype == np.int64 and tokens.shape == (-(-len(wave) // HOP),)
+    decoded = codec.decode(tokens)
+    assert decoded.dtype == np.float32 and decoded.shape == (len(tokens) * HOP,)
+    assert abs(median_f0(decoded) / median_f0(wave) - 1) < 0.15
+    assert abs(np.nanmedian(codec.token_f0(tokens)) / f0 - 1) < 0.1
+
+
+def test_tokens_and_features(codec):
+    cfg = codec.config
+    assert codec.hop == HOP and codec.vocab_size == (cfg.n_f0_bins + 1) * cfg.n_env <= 2048
+    wave = utterance(220.0, seed=101)
+    tokens = codec.encode(wave)
+    assert tokens.min() >= 0 and tokens.max() < codec.vocab_size
+    f0, env = frame_features(wave, cfg)
+    assert f0.shape == tokens.shape and env.shape == (len(tokens), cfg.n_mels)
+    frame = np.arange(len(tokens)) * HOP / SR
+    vowel_frames = (frame > TONE[0] + 0.05) & (frame < TONE[1] - 0.1)
+    other = (frame < TONE[0] - 0.05) | (frame > TONE[1] + 0.05)
+    assert np.isfinite(f0[vowel_frames]).mean() > 0.9 and np.isnan(f0[other]).all()
+    assert (tokens[other] < cfg.n_env).all()  # f0 index 0: unvoiced
+    assert np.isnan(codec.token_f0(tokens[other])).all()
+
+
+def test_silence_and_empty(codec):
+    tokens = codec.encode(np.zeros(3 * HOP, np.float32))
+    assert np.sqrt(np.mean(codec.decode(tokens) ** 2)) < 1e-3
+    assert codec.encode(np.zeros(0, np.float32)).shape == (0,)
+    assert codec.decode([]).shape == (0,)
+
+
+def test_accepts_lists_and_tensors_rejects_bad_tokens(codec):
+    tokens = codec.encode(utterance(110.0, seed=102))[:20]
+    expected = codec.decode(tokens)
+    assert np.array_equal(codec.decode(tokens.tolist()), expected)
+    assert np.array_equal(codec.decode(torch.from_numpy(tokens)), expected)
+    for bad in ([0, codec.vocab_size], [-1], np.array([1.5]), np.zeros((2, 2), np.int64)):
+        with pytest.raises(ValueError) as err:
+            codec.decode(bad)
+        assert "\n" not in str(err.value)
+
+
+def test_save_load_round_trip(codec, tmp_path):
+    codec.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codec.json", "codec.safetensors"]
+    loaded = Codec.load(tmp_path)
+    wave = utterance(220.0, seed=103)
+    tokens = codec.encode(wave)
+    assert np.array_equal(loaded.encode(wave), tokens)
+    assert np.array_equal(loaded.decode(tokens), codec.decode(tokens))
+    assert loaded.config == codec.config
+
+
+@pytest.mark.parametrize("damage", ["truncate_tensors", "garbage_json", "missing"])
+def test_corrupt_codec_is_a_clear_error(codec, tmp_path, damage):
+    codec.save(tmp_path)
+    if damage == "truncate_tensors":
+        path = tmp_path / "codec.safetensors"
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage_json":
+        (tmp_path / "codec.json").write_text("{not json")
+    else:
+        (tmp_path / "codec.json").unlink()
+    with pytest.raises(ValueError, match="ttslens demo build") as err:
+        Codec.load(tmp_path)
+    assert "\n" not in str(err.value)
