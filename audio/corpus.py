@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from audio.espeak import VOICE_BY_NAME, VOICES, render_laugh, require_espeak, speak
 from audio.sentences import SentenceGenerator
+from sae.files import atomic_path
 
 LAUGH_TAG = "[laughter]"
 INSTRUCT_GENDER = {"male": "a man", "female": "a woman"}
@@ -241,10 +240,8 @@ def make_utterance(settings: CorpusSettings, index: int, wav_dir: Path | None = 
     wave, utt.laughter = render(utt, rng, settings.sample_rate)
     utt.duration = round(len(wave) / settings.sample_rate, 3)
     if wav_dir is not None:
-        path = wav_dir / f"{utt.id}.wav"
-        tmp = wav_dir / f".{utt.id}.wav.tmp"
-        sf.write(tmp, wave, settings.sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
+        with atomic_path(wav_dir / f"{utt.id}.wav") as tmp:
+            sf.write(tmp, wave, settings.sample_rate, subtype="PCM_16", format="WAV")
     return utt, wave
 
 
@@ -254,10 +251,8 @@ def _build_job(job: tuple[CorpusSettings, int, str]) -> Utterance:
 
 
 def _write_truth(out: Path, utts: list[Utterance]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{TRUTH}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(u.to_json() + "\n" for u in sorted(utts, key=lambda u: u.index))
-    os.replace(tmp, out / TRUTH)
+    with atomic_path(out / TRUTH) as tmp:
+        tmp.write_text("".join(u.to_json() + "\n" for u in sorted(utts, key=lambda u: u.index)))
 
 
 def _check_settings(out: Path, settings: CorpusSettings) -> None:

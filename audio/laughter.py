@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +35,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from audio.measures import ABS_FLOOR, YIN_APERIODICITY, as_mono, energy_gate, frame_rms, yin_track
+from sae.files import atomic_path, atomic_write_json
 
 SR = 16000
 HOP = 160  # 10 ms frames
@@ -220,8 +219,9 @@ class LaughterDetector:
             "features": FEATURE_NAMES,
         }
         tensors = {k: np.ascontiguousarray(self.params[k], dtype=np.float32) for k in PARAMS}
-        _atomic(directory / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
-        _atomic(directory / CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
+        with atomic_path(directory / WEIGHTS) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(directory / CONFIG, cfg)
         return directory
 
     @classmethod
@@ -244,17 +244,6 @@ class LaughterDetector:
             msg = f"{type(e).__name__}: {e}".replace("\n", " ")
             raise ValueError(f"cannot load a laughter detector from {directory}: {msg}") from None
         return det
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def window_labels(

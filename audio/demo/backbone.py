@@ -58,6 +58,7 @@ class DemoBackbone(TTSBackbone):
         self.n_speech = tokenizer.n_speech
         self._head = None
         self._laughter = None
+        self._corpus = None
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -103,17 +104,17 @@ class DemoBackbone(TTSBackbone):
 
         if self.assets is None:
             return []
-        flat = _read_tensors(self.assets / "corpus.safetensors")
-        tokens = torch.split(flat["tokens"].long(), flat["lengths"].tolist())
-        lines = (self.assets / "corpus.jsonl").read_text().splitlines()
-        if len(lines) != len(tokens):
-            raise ValueError(f"demo corpus files in {self.assets} disagree (item counts): {REBUILD}")
-        items = []
-        for line, t in zip(lines, tokens, strict=True):
-            rec = json.loads(line)
-            if split in ("all", rec.get("split")):
-                items.append(CorpusItem(rec["text"], rec.get("instruct"), t, rec))
-        return items
+        if self._corpus is None:  # read once
+            flat = _read_tensors(self.assets / "corpus.safetensors")
+            tokens = torch.split(flat["tokens"].long(), flat["lengths"].tolist())
+            lines = (self.assets / "corpus.jsonl").read_text().splitlines()
+            if len(lines) != len(tokens):
+                raise ValueError(f"demo corpus files in {self.assets} disagree (item counts): {REBUILD}")
+            self._corpus = []
+            for line, t in zip(lines, tokens, strict=True):
+                rec = json.loads(line)
+                self._corpus.append(CorpusItem(rec["text"], rec.get("instruct"), t, rec))
+        return [it for it in self._corpus if split in ("all", it.truth.get("split"))]
 
     # ---- the five pieces ------------------------------------------------------------------------
     def sequence(self, text: str, instruct: str | None = None, prompt=None) -> TTSSequence:

@@ -245,12 +245,9 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     save_file(_flat(tokens), str(tmp / "corpus.safetensors"))
     with open(tmp / "corpus.jsonl", "w") as f:
         for i, u in enumerate(utts):
-            rec = u.to_json() if hasattr(u, "to_json") else asdict(u)
-            rec = json.loads(rec) if isinstance(rec, str) else rec
-            f.write(json.dumps(rec | {"split": "train" if i < n_train else "heldout"}) + "\n")
+            rec = json.loads(u.to_json()) | {"split": "train" if i < n_train else "heldout"}
+            f.write(json.dumps(rec) + "\n")
     (tmp / "build.json").write_text(json.dumps(info, indent=1))
-    for f in tmp.iterdir():  # atomic writers create owner-only files; assets are for everyone
-        f.chmod(0o644)
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
