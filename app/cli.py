@@ -14,6 +14,7 @@ def _commands():
     from audio.commands import QuickstartConfig, SynthesizeConfig, run_demo_build, run_quickstart, run_synthesize
     from audio.demo.build import DemoBuildConfig
     from audio.harvest import train_sae
+    from autointerp.pipeline import LabelConfig, run_label
     from sae.commands import EvalConfig, HarvestConfig, TextQuickstartConfig, run_eval, run_harvest, run_text_quickstart
     from sae.training import TrainConfig
 
@@ -25,6 +26,7 @@ def _commands():
         "train": (TrainConfig, do_train, "train an SAE on a model's residual stream (or a TTS backbone's)"),
         "eval": (EvalConfig, run_eval, "evaluate an SAE (EV, L0, dead latents, per modality, CE recovered)"),
         "harvest": (HarvestConfig, lambda c: {"out": str(run_harvest(c))}, "cache a layer's activations"),
+        "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text with a TTS backbone and write a WAV"),
         "demo build": (DemoBuildConfig, run_demo_build, "build the embedded demo TTS backbone from scratch"),
         "quickstart": (QuickstartConfig, run_quickstart, "offline end-to-end TTS loop on the embedded demo backbone"),

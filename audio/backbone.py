@@ -201,6 +201,14 @@ class TTSBackbone:
     def decode(self, tokens) -> np.ndarray:
         raise NotImplementedError
 
+    def token_text(self, ids: torch.Tensor) -> list[str]:
+        """Readable strings of sequence ids (for evidence and reports)."""
+        return [f"<{int(i)}>" for i in ids]
+
+    def instruct_mask(self, seq: TTSSequence) -> torch.Tensor:
+        """[N] bool: positions of the instruct (style description) part of the prefix."""
+        return torch.zeros(len(seq), dtype=torch.bool)
+
     # ---- shared machinery -----------------------------------------------------------------
     def append_speech(self, seq: TTSSequence, tokens: torch.Tensor, prompt: bool = False) -> TTSSequence:
         """`seq` followed by speech tokens, timed from the speech already in `seq`."""

@@ -36,3 +36,20 @@ def tiny_lm(tmp_path_factory) -> Path:
     from sae.tiny import build_tiny_lm
 
     return build_tiny_lm(tmp_path_factory.mktemp("tiny"), n_sentences=400, hidden=48, train_steps=40)
+
+
+@pytest.fixture(scope="session")
+def small_assets(tmp_path_factory):
+    """`ttslens demo build --small`, end to end: corpus → codec → laughter detector → LM → assets."""
+    from app.cli import main as cli
+
+    work = tmp_path_factory.mktemp("demo_small")
+    assert cli(["demo", "build", "--small", "--workdir", str(work)]) == 0
+    return work / "assets"
+
+
+@pytest.fixture(scope="session")
+def small(small_assets):
+    from audio import load_backbone
+
+    return load_backbone(str(small_assets))

@@ -166,6 +166,17 @@ class DemoBackbone(TTSBackbone):
     def decode(self, tokens) -> np.ndarray:
         return self.codec.decode(torch.as_tensor(tokens).cpu().numpy())
 
+    def token_text(self, ids: torch.Tensor) -> list[str]:
+        off, vocab = self.tok.speech_offset, self.tok.text_vocab
+        return [vocab[i] if i < off else f"<s{i - off}>" for i in ids.tolist()]
+
+    def instruct_mask(self, seq: TTSSequence) -> torch.Tensor:
+        eop = (seq.ids == self.tok.eop).nonzero()
+        mask = torch.zeros(len(seq), dtype=torch.bool)
+        if len(eop):
+            mask[1 : int(eop[0])] = True
+        return mask
+
     def max_new_tokens(self, seq: TTSSequence) -> int:
         """Generous for the slowest speech in the corpus: ~3.5 tokens per character + laughs + 2 s."""
         n_text = int((seq.modality == TEXT).sum())

@@ -15,19 +15,6 @@ from audio.demo.backbone import ASSETS, DemoBackbone
 from sae.activations import SPECIAL, SPEECH, TEXT
 
 
-@pytest.fixture(scope="session")
-def small_assets(tmp_path_factory):
-    """`ttslens demo build --small`, end to end: corpus → codec → laughter detector → LM → assets."""
-    work = tmp_path_factory.mktemp("demo_small")
-    assert cli(["demo", "build", "--small", "--workdir", str(work)]) == 0
-    return work / "assets"
-
-
-@pytest.fixture(scope="session")
-def small(small_assets):
-    return load_backbone(str(small_assets))
-
-
 def test_small_build_writes_a_loadable_backbone(small_assets, small):
     info = json.loads((small_assets / "build.json").read_text())
     assert info["command"].startswith("ttslens demo build --small")

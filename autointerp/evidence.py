@@ -1,0 +1,166 @@
+"""What a position shows: its text context (window, word, instruct) and, at speech positions, the
+measures of the 1-second clip centred on it. Utterances are decoded and analysed once each, clips are
+measured once each (cached by utterance and frame)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from audio.clips import Tracks, analyse, clip_measures, cut_clip
+from autointerp.collect import Collection
+from sae.activations import MODALITIES, SPEECH, TEXT
+
+_WORD = re.compile(r"[a-z0-9']+")
+LAUGH_TAGS = ("[laughter]", "<laughter>", "<laugh>")
+
+
+class ClipModels:
+    """Optional model-based clip measures: ASR words, AST laughter, wav2vec2 gender (any may be None)."""
+
+    def __init__(self, asr=None, laughter=None, gender=None):
+        self.asr, self.laughter, self.gender = asr, laughter, gender
+
+    def __bool__(self) -> bool:
+        return any(m is not None for m in (self.asr, self.laughter, self.gender))
+
+    def measure(self, clips: list[np.ndarray], sr: int) -> list[dict]:
+        out: list[dict] = [{} for _ in clips]
+        if not clips:
+            return out
+        if self.laughter is not None:
+            for d, p in zip(out, self.laughter.prob(clips, sr), strict=True):
+                d["laughter"] = float(p)
+        if self.gender is not None:
+            for d, p in zip(out, self.gender.p_male(clips, sr), strict=True):
+                d["p_male"] = float(p)
+        if self.asr is not None:
+            from audio.asr import words_at
+
+            for d, clip, words in zip(out, clips, self.asr.transcribe_batch(clips, sr, max_tokens=32), strict=True):
+                centre = len(clip) / sr / 2
+                d["asr"] = " ".join(w.word.strip() for w in words)
+                d["asr_peak"] = " ".join(w.word.strip().lower() for w in words_at(words, centre))
+        return out
+
+
+class Evidence:
+    """Evidence for positions of a `Collection` (indices into its position table)."""
+
+    def __init__(self, backbone, items: list, col: Collection, clip_s: float = 1.0, laughter=None, models=None):
+        self.bb, self.items, self.col, self.clip_s = backbone, items, col, clip_s
+        self.laughter, self.models = laughter, models or ClipModels()
+        self._seq: dict[int, dict] = {}
+        self._tracks: dict[int, Tracks] = {}
+        self._waves: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._clips: dict[tuple[int, int], dict] = {}
+
+    # ---- text side ---------------------------------------------------------------------------
+    def _sequence(self, j: int) -> dict:
+        if j not in self._seq:
+            c = self.col
+            lo, hi = int(c.starts[j]), int(c.starts[j + 1])
+            ids = c.token_id[lo:hi].long()
+            mod = c.modality[lo:hi]
+            it = self.items[j]
+            seq = self.bb.sequence(it.text, it.instruct)
+            toks = self.bb.token_text(ids)
+            # a text line over the non-speech positions (specials read as spaces) with each one's span
+            spans, text = [], ""
+            for t, m in zip(toks, mod.tolist(), strict=True):
+                s = t if m == TEXT else " "
+                spans.append((len(text), len(text) + len(s)) if m != SPEECH else (-1, -1))
+                text += s if m != SPEECH else ""
+            instruct = self.bb.instruct_mask(seq)
+            self._seq[j] = {
+                "toks": toks,
+                "mod": mod,
+                "spans": spans,
+                "line": text.lower(),
+                "instruct": torch.cat([instruct, torch.zeros(hi - lo - len(instruct), dtype=torch.bool)]),
+                "n_speech": int((mod == SPEECH).sum()),
+                "text_laugh": any(tag in it.text.lower() for tag in LAUGH_TAGS),
+                "instruct_words": sorted(set(_WORD.findall((it.instruct or "").lower()))),
+            }
+        return self._seq[j]
+
+    def context(self, idx: int) -> dict:
+        """Everything known about position `idx` without audio."""
+        c = self.col
+        j, p = int(c.item_of[idx]), int(c.pos[idx])
+        s = self._sequence(j)
+        mod = int(c.modality[idx])
+        ctx = {
+            "idx": int(idx),
+            "item": int(c.items[j]),
+            "pos": p,
+            "modality": MODALITIES[mod],
+            "token": s["toks"][p],
+            "text_laugh": s["text_laugh"],
+            "instruct_words": s["instruct_words"],
+            "instruct": bool(s["instruct"][p]),
+            "word": "",
+            "word_initial": False,
+            "word_final": False,
+        }
+        if mod == SPEECH:
+            t = float(c.time[idx])
+            dur = s["n_speech"] / self.bb.token_rate
+            ctx |= {"time": round(t, 3), "t_start": t, "t_end": dur - t - 1 / self.bb.token_rate}
+            ctx["window"] = s["line"].strip() + f"  ▸ speech at {t:.2f} s"
+            return ctx
+        a, b = s["spans"][p]
+        line = s["line"]
+        ctx["window"] = (line[max(0, a - 32) : a] + "«" + line[a:b] + "»" + line[b : b + 8]).replace("\n", " ")
+        for m in _WORD.finditer(line):
+            if m.start() <= a < m.end() or (a < m.end() and b > m.start()):
+                ctx |= {"word": m.group(), "word_initial": a == m.start(), "word_final": b >= m.end()}
+                break
+        return ctx
+
+    # ---- audio side --------------------------------------------------------------------------
+    def wave(self, j: int) -> np.ndarray:
+        if j not in self._waves:
+            self._waves[j] = self.bb.decode(self.items[j].tokens)
+            if len(self._waves) > 64:
+                self._waves.popitem(last=False)
+        return self._waves[j]
+
+    def tracks(self, j: int) -> Tracks:
+        if j not in self._tracks:
+            self._tracks[j] = analyse(self.wave(j), self.bb.sample_rate, self.laughter)
+        return self._tracks[j]
+
+    def centre(self, idx: int) -> float:
+        """Clip centre (s): the middle of the speech token."""
+        return float(self.col.time[idx]) + 0.5 / self.bb.token_rate
+
+    def clip(self, idx: int) -> tuple[np.ndarray, bool]:
+        return cut_clip(self.wave(int(self.col.item_of[idx])), self.bb.sample_rate, self.centre(idx), self.clip_s)
+
+    def measures(self, idxs: list[int]) -> list[dict | None]:
+        """Clip measures at each speech position (None elsewhere); model measures batched."""
+        keys = []
+        for idx in idxs:
+            is_speech = int(self.col.modality[idx]) == SPEECH
+            keys.append((int(self.col.item_of[idx]), round(float(self.col.time[idx]) * 1000)) if is_speech else None)
+        todo: dict[tuple[int, int], int] = {}
+        for k, idx in zip(keys, idxs, strict=True):
+            if k and k not in self._clips:
+                todo.setdefault(k, idx)
+        for k, idx in todo.items():
+            self._clips[k] = clip_measures(self.tracks(k[0]), self.centre(idx), self.clip_s)
+        if self.models and todo:
+            clips = [self.clip(idx)[0] for idx in todo.values()]
+            for k, extra in zip(todo, self.models.measure(clips, self.bb.sample_rate), strict=True):
+                self._clips[k] |= extra
+        return [dict(self._clips[k]) if k else None for k in keys]
+
+
+def finite(x) -> float | None:
+    """A JSON-friendly float (None for nan/inf)."""
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), 4)

@@ -1,0 +1,270 @@
+"""`ttslens label` end to end on the small demo backbone built by the tests: outputs, resume, bad input,
+the LLM labeler against a local fake endpoint."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from app.cli import main as cli
+from autointerp.pipeline import Job, LabelConfig, run_label
+
+OFFLINE = ["--asr", "", "--laughter-model", "", "--gender-model", "", "--no-progress"]
+KEY = "sk-label-test-SECRET-42"
+
+
+@pytest.fixture(scope="module")
+def small_sae(small_assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("label_sae") / "sae"
+    args = ["train", "--backbone", str(small_assets), "--layer", "1", "--latents", "48", "--k", "4"]
+    args += ["--tokens", "12000", "--batch-size", "512", "--eval-tokens", "1024", "--buffer-tokens", "4096"]
+    assert cli([*args, "--out", str(out)]) == 0
+    return out
+
+
+def label_args(sae, out, *extra):
+    return ["label", "--sae", str(sae), "--out", str(out), "--items", "40", "--batch", "8", *OFFLINE, *extra]
+
+
+def read_labels(out):
+    return [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+
+
+def test_label_writes_records_clips_report_and_export(small_sae, tmp_path, capsys):
+    out = tmp_path / "labels"
+    assert cli(label_args(small_sae, out, "--features", "0:16")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    recs = read_labels(out)
+    assert [r["feature"] for r in recs] == list(range(16)) and summary["features"] == 16
+    for r in recs:
+        assert r["modality"] in ("text", "speech", "mixed", "dead") and r["labeler"] == "evidence"
+        if r["modality"] == "dead":
+            continue
+        assert r["label"] and 0 <= r["speech_share"] <= 1 and r["examples"]
+        assert r["mean_act"] > 0 and sum(r["histogram"]["counts"]) > 0
+        auc = r["scores"]["detection_auroc"]
+        assert auc is None or 0 <= auc <= 1
+        for ex in r["examples"]:
+            assert ex["modality"] in ("text", "speech", "special") and ex["act"] > 0
+            if ex.get("clip"):
+                wave, sr = sf.read(out / ex["clip"])
+                assert sr == 16000 and len(wave) == 16000  # 1 s, padded at edges
+    speech = [r for r in recs if r["modality"] == "speech"]
+    assert speech and any(e.get("clip") for r in speech for e in r["examples"])
+    assert set(summary["detection_auroc"]) == {"text", "speech", "mixed", "all"}
+    html = (out / "report.html").read_text()
+    assert "<audio" in html and "<mark>" in html and "Detection AUROC" in html
+    feats = [json.loads(x) for x in gzip.open(out / "neuronpedia/features/batch-0.jsonl.gz", "rt")]
+    acts = [json.loads(x) for x in gzip.open(out / "neuronpedia/activations/batch-0.jsonl.gz", "rt")]
+    expl = [json.loads(x) for x in gzip.open(out / "neuronpedia/explanations/batch-0.jsonl.gz", "rt")]
+    assert len(feats) == 16 and {"modelId", "layer", "index", "maxActApprox"} <= set(feats[0])
+    a = acts[0]
+    assert a["values"][a["maxValueTokenIndex"]] == a["maxValue"] > 0 and len(a["tokens"]) == len(a["values"])
+    assert expl and all(e["description"] for e in expl)
+
+
+def test_kill_and_rerun_continues_without_duplicates(small_sae, tmp_path, monkeypatch):
+    out = tmp_path / "labels"
+    calls = {"n": 0}
+    real = Job.run_batch
+
+    def dies_on_second_batch(self, feats):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, feats)
+
+    monkeypatch.setattr(Job, "run_batch", dies_on_second_batch)
+    assert cli(label_args(small_sae, out, "--features", "0:24")) == 130
+    assert len(list((out / "parts").glob("*.jsonl"))) == 1 and not (out / "labels.jsonl").exists()
+    (out / "parts" / ".000008-000015-8.jsonl.junk.tmp").write_text('{"feature": 8, "trunc')  # a dead temp file
+    monkeypatch.setattr(Job, "run_batch", real)
+    assert cli(label_args(small_sae, out, "--features", "0:24")) == 0
+    first = read_labels(out)
+    assert [r["feature"] for r in first] == list(range(24))
+    # a wider range later: only the new batches run, the old records stay as they were
+    assert cli(label_args(small_sae, out, "--features", "0:32")) == 0
+    again = read_labels(out)
+    assert [r["feature"] for r in again] == list(range(32)) and again[:24] == first
+
+
+def test_bad_input_gets_one_line_errors(small_sae, small_assets, tmp_path, capsys):
+    out = tmp_path / "labels"
+    cases = [
+        (["--features", "0:999"], "out of range"),
+        (["--backbone", "demo"], "trained on backbone"),
+        (["--layer", "0"], "reads layer 1"),
+        (["--labeler", "gpt"], "unknown --labeler"),
+    ]
+    for extra, msg in cases:
+        assert cli(label_args(small_sae, out, *extra)) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+    assert cli(label_args(tmp_path / "nope", out)) == 2
+    assert "no SAE at" in capsys.readouterr().err
+    assert cli(label_args(small_sae, out, "--features", "0:8")) == 0
+    capsys.readouterr()
+    assert cli(label_args(small_sae, out, "--features", "0:8", "--top", "10")) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_tiny_corpus_is_refused(small_sae, tmp_path, monkeypatch):
+    from audio.demo.backbone import DemoBackbone
+
+    real = DemoBackbone.corpus
+    monkeypatch.setattr(DemoBackbone, "corpus", lambda self, split="train": real(self, split)[:3])
+    with pytest.raises(ValueError, match="at least"):
+        Job(LabelConfig(sae=str(small_sae), out=str(tmp_path / "l"), asr="", laughter_model="", gender_model=""))
+
+
+class FakeLLM:
+    """An OpenAI-compatible endpoint: labels every feature 'the letter e', the judge picks examples 1-3;
+    mode 'garbage' answers prose without JSON."""
+
+    def __init__(self, mode: str = "ok"):
+        self.mode, self.seen, self.auth = mode, [], set()
+        fake = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.seen.append(body)
+                fake.auth.add(self.headers.get("Authorization"))
+                user = body["messages"][-1]["content"]
+                if fake.mode == "garbage":
+                    text = "I think this feature is about something, hard to say."
+                elif "Which of these examples" in user:
+                    text = '{"matches": [1, 2, 3]}'
+                else:
+                    text = 'Sure! ```json\n{"label": "the letter e"}\n```'
+                data = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("mode", ["ok", "garbage"])
+def test_llm_labeler_labels_judges_and_records_failures(small_sae, tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("TTSLENS_LLM_API_KEY", KEY)
+    fake = FakeLLM(mode)
+    out = tmp_path / "llm"
+    try:
+        cfg = LabelConfig(
+            sae=str(small_sae),
+            out=str(out),
+            features="0:8",
+            items=40,
+            batch=4,
+            labeler="llm",
+            llm_base_url=fake.url,
+            llm_model="fake-1",
+            asr="",
+            laughter_model="",
+            gender_model="",
+            progress=False,
+        )
+        summary = run_label(cfg)
+    finally:
+        fake.close()
+    recs = read_labels(out)
+    live = [r for r in recs if r["modality"] != "dead"]
+    assert len(recs) == 8 and live and f"Bearer {KEY}" in fake.auth
+    if mode == "ok":
+        assert all(r["label"] == "the letter e" for r in live)
+        assert all(r["scores"]["detection_auroc"] is not None for r in live if r["scores"]["n_pos"] >= 3)
+        n_requests = len(fake.seen)
+        assert (out / "llm_cache.jsonl").exists() and n_requests >= len(live)
+    else:  # unparseable answers are recorded as failures, never dropped
+        assert all(r["label"] is None and "unparseable" in r["failure"] for r in live)
+        assert summary["failures"] == len(live)
+    for p in out.rglob("*"):
+        if p.is_file() and p.suffix in (".jsonl", ".json", ".html"):
+            assert KEY not in p.read_text()
+
+
+def test_clip_measures_read_the_utterance_like_the_cut_clip(small):
+    """Track-based clip measures agree with measuring the cut clip itself."""
+    from audio.clips import analyse, clip_measures, cut_clip
+    from audio.measures import pitch
+
+    item = small.corpus("train")[0]
+    wave = small.decode(item.tokens)
+    tr = analyse(wave, small.sample_rate, small.laughter_detector)
+    centre = len(wave) / small.sample_rate / 2
+    m = clip_measures(tr, centre)
+    clip, padded = cut_clip(wave, small.sample_rate, centre)
+    p = pitch(clip, small.sample_rate, fast=True)
+    assert not padded and m["padded"] == 0.0
+    assert m["voiced_frac"] == pytest.approx(p.voiced.mean(), abs=0.06)
+    if p.voiced.any():
+        assert m["f0_hz"] == pytest.approx(float(np.median(p.f0_hz[p.voiced])), rel=0.05)
+    edge = clip_measures(tr, 0.1)
+    clip, padded = cut_clip(wave, small.sample_rate, 0.1)
+    assert padded and edge["padded"] == 1.0 and len(clip) == small.sample_rate and not clip[:6000].any()
+
+
+def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path):
+    """The model-based clip measures (tiny random Whisper, AST, wav2vec2 built here) reach the records."""
+    import torch
+    import whisper
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    from tests.audio.test_asr import DIMS
+    from tests.audio.test_classifiers import labelled, save_wav2vec2
+
+    torch.manual_seed(0)
+    model = whisper.model.Whisper(DIMS)
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
+    ckpt = tmp_path / "whisper-tiny-random.pt"
+    torch.save({"dims": vars(DIMS), "model_state_dict": model.state_dict()}, ckpt)
+    ast = tmp_path / "ast"
+    cfg = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_mel_bins=32,
+        max_length=100,
+        **labelled({0: "Speech", 1: "Laughter", 2: "Giggle"}),
+    )
+    ASTForAudioClassification(cfg).save_pretrained(ast)
+    ASTFeatureExtractor(num_mel_bins=32, max_length=100).save_pretrained(ast)
+    gender = save_wav2vec2(tmp_path / "gender", {0: "female", 1: "male"})
+    out = tmp_path / "labels"
+    summary = run_label(
+        LabelConfig(
+            sae=str(small_sae),
+            out=str(out),
+            features="0:3",
+            items=40,
+            top=3,
+            quantiles=3,
+            negatives=4,
+            pool=12,
+            asr=str(ckpt),
+            laughter_model=str(ast),
+            gender_model=str(gender),
+            progress=False,
+        )
+    )
+    assert not [n for n in summary["notes"] if "not available" in n]
+    meas = [e["measures"] for r in read_labels(out) for e in r["examples"] if e.get("measures")]
+    assert meas and all("asr" in m and "asr_peak" in m and 0 <= m["laughter"] <= 1 for m in meas)

@@ -1,0 +1,126 @@
+"""Scoring and the evidence labeler on hand-made evidence, where the right answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from autointerp.labelers import EvidenceLabeler, Hypothesis, hypotheses, predict
+from autointerp.pipeline import parse_features
+from autointerp.scoring import auroc, cohens_d, log_odds, summarise
+
+
+def test_auroc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1, 1, 30).round(1), rng.normal(0, 1, 40).round(1)
+    pairs = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert auroc(pos, neg) == pytest.approx(pairs)
+    assert auroc([1, 2], [0]) == 1.0 and auroc([0], [1, 2]) == 0.0 and math.isnan(auroc([], [1]))
+
+
+def test_effect_sizes():
+    assert cohens_d([1, 2, 3], [1, 2, 3]) == 0.0
+    assert cohens_d([3, 4, 5], [1, 2, 3]) == pytest.approx(2.0)
+    assert log_odds(10, 10, 5, 10) > 2 and log_odds(5, 10, 5, 10) == 0.0
+
+
+def _speech(laughter: float, p_male: float, rate: float, t: float = 1.0) -> tuple[dict, dict]:
+    ctx = {
+        "modality": "speech",
+        "token": "<s1>",
+        "word": "",
+        "instruct": False,
+        "word_initial": False,
+        "word_final": False,
+        "text_laugh": False,
+        "instruct_words": [],
+        "time": t,
+        "t_start": t,
+        "t_end": 2.0,
+        "window": "some text  ▸ speech",
+    }
+    meas = {
+        "laughter": laughter,
+        "p_male": p_male,
+        "f0_hz": 150.0,
+        "f0_peak_hz": 150.0,
+        "voiced_frac": 0.6,
+        "loudness_db": -25.0,
+        "peak_db": -20.0,
+        "syllable_rate": rate,
+    }
+    return ctx, meas
+
+
+def _text(token: str, word: str, instruct: bool = False) -> tuple[dict, None]:
+    ctx = {
+        "modality": "text",
+        "token": token,
+        "word": word,
+        "instruct": instruct,
+        "word_initial": False,
+        "word_final": False,
+        "text_laugh": False,
+        "instruct_words": ["a", "man"] if instruct else [],
+        "window": f"..«{token}»..",
+    }
+    return ctx, None
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda r, on: _speech(0.9 if on else r.uniform(0, 0.1), r.uniform(0, 1), r.uniform(2, 6)), "laughter"),
+        (lambda r, on: _speech(0.02, r.uniform(0.8, 1) if on else r.uniform(0, 1), r.uniform(2, 6)), "male voice"),
+        (lambda r, on: _speech(0.02, r.uniform(0, 0.2) if on else r.uniform(0, 1), r.uniform(2, 6)), "female voice"),
+        (lambda r, on: _speech(0.02, r.uniform(0, 1), r.uniform(6, 8) if on else r.uniform(2, 6)), "fast speech"),
+    ],
+)
+def test_evidence_labeler_names_the_attribute_that_separates(make, expect):
+    rng = np.random.default_rng(1)
+    top = [make(rng, True) for _ in range(20)]
+    neg = [make(rng, False) for _ in range(40)]
+    lab = EvidenceLabeler().label(0, top, neg[:20], "speech", asr=False)
+    assert lab["label"].startswith(expect) and lab["confident"]
+    held_pos = [make(rng, True) for _ in range(20)]
+    assert EvidenceLabeler().score(0, lab, held_pos, neg[20:]) > 0.9
+
+
+def test_text_feature_gets_its_word_and_unrelated_top_is_unclear():
+    top = [_text("a", "today") for _ in range(12)] + [_text("y", "today") for _ in range(8)]
+    neg = [_text(c, w) for c, w in zip("aybcdefghi" * 2, ["cat", "yes", "be", "go", "to"] * 4, strict=True)]
+    lab = EvidenceLabeler().label(3, top, neg, "text", asr=False)
+    assert lab["label"] == "the word 'today'"
+    rng = np.random.default_rng(0)
+    noise = [_speech(rng.uniform(0, 0.1), rng.uniform(0, 1), rng.uniform(2, 6)) for _ in range(60)]
+    lab = EvidenceLabeler().label(4, noise[:20], noise[20:40], "speech", asr=False)
+    assert not lab["confident"] and lab["label"].startswith("unclear")
+
+
+def test_audio_hypotheses_rank_text_positions_last():
+    h = Hypothesis("measure", "laughter", 1, "speech", "laughter")
+    v = predict(h, [_speech(0.1, 0.5, 4), _text("a", "x"), _speech(float("nan"), 0.5, 4)])
+    assert v[1] < v[0] and v[2] == pytest.approx(0.1)
+    assert {h.kind for h in hypotheses([_text("a", "x")] * 3, asr=False)} >= {"token", "word"}
+
+
+def test_parse_features_and_its_errors():
+    assert parse_features("", 4) == [0, 1, 2, 3]
+    assert parse_features("0:2,3", 8) == [0, 1, 3] and parse_features("6:", 8) == [6, 7]
+    for bad in ("0:9", "9", "-1", "3:1", "a:b"):
+        with pytest.raises(ValueError, match="--features"):
+            parse_features(bad, 8)
+
+
+def test_summary_table_per_modality():
+    recs = [
+        {"modality": "text", "scores": {"detection_auroc": 0.9}},
+        {"modality": "text", "scores": {"detection_auroc": 0.7}},
+        {"modality": "speech", "scores": {"detection_auroc": 0.8}},
+        {"modality": "dead", "scores": {}},
+    ]
+    s = summarise(recs)
+    assert s["text"] == {"features": 2, "mean_auroc": 0.8, "median_auroc": 0.8} and s["all"]["features"] == 3
+    assert s["mixed"]["mean_auroc"] is None
