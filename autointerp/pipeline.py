@@ -258,6 +258,18 @@ class Job:
         self._negative_pool()
 
     def _models(self) -> ClipModels:
+        """Load the optional clip models; a missing one becomes a note (printed once, one line each)."""
+        import sys
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            models = self._load_models()
+        for w in caught:
+            print(f"ttslens label: note: {w.message}", file=sys.stderr)
+        return models
+
+    def _load_models(self) -> ClipModels:
         c = self.cfg
         asr = lau = gen = None
         if c.asr:
