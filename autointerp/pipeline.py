@@ -572,7 +572,8 @@ def run_label(cfg: LabelConfig) -> dict:
             n_new += n
     bar.close()
     t_done = time.time()
-    records = [r for r in read_records(job.out) if r["feature"] in set(job.features)]
+    wanted = set(job.features)
+    records = [r for r in read_records(job.out) if r["feature"] in wanted]
     from autointerp.report import write_outputs
 
     summary = {

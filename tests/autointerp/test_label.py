@@ -14,6 +14,8 @@ import soundfile as sf
 
 from app.cli import main as cli
 from autointerp.pipeline import Job, LabelConfig, run_label
+from tests.audio.test_asr import checkpoint  # noqa: F401  (fixtures: tiny random models built there)
+from tests.audio.test_classifiers import ast_dir, gender_dir  # noqa: F401
 
 OFFLINE = ["--asr", "", "--laughter-model", "", "--gender-model", "", "--no-progress"]
 KEY = "sk-label-test-SECRET-42"
@@ -221,48 +223,13 @@ def test_clip_measures_read_the_utterance_like_the_cut_clip(small):
     assert padded and edge["padded"] == 1.0 and len(clip) == small.sample_rate and not clip[:6000].any()
 
 
-def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path):
-    """The model-based clip measures (tiny random Whisper, AST, wav2vec2 built here) reach the records."""
-    import torch
-    import whisper
-    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
-
-    from tests.audio.test_asr import DIMS
-    from tests.audio.test_classifiers import labelled, save_wav2vec2
-
-    torch.manual_seed(0)
-    model = whisper.model.Whisper(DIMS)
-    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
-    ckpt = tmp_path / "whisper-tiny-random.pt"
-    torch.save({"dims": vars(DIMS), "model_state_dict": model.state_dict()}, ckpt)
-    ast = tmp_path / "ast"
-    cfg = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_mel_bins=32,
-        max_length=100,
-        **labelled({0: "Speech", 1: "Laughter", 2: "Giggle"}),
-    )
-    ASTForAudioClassification(cfg).save_pretrained(ast)
-    ASTFeatureExtractor(num_mel_bins=32, max_length=100).save_pretrained(ast)
-    gender = save_wav2vec2(tmp_path / "gender", {0: "female", 1: "male"})
+def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path, checkpoint, ast_dir, gender_dir):  # noqa: F811
+    """The model-based clip measures (tiny random Whisper, AST, wav2vec2 built by the audio tests) reach the records."""
     out = tmp_path / "labels"
     summary = run_label(
         LabelConfig(
-            sae=str(small_sae),
-            out=str(out),
-            features="0:3",
-            items=40,
-            top=3,
-            quantiles=3,
-            negatives=4,
-            pool=12,
-            asr=str(ckpt),
-            laughter_model=str(ast),
-            gender_model=str(gender),
-            progress=False,
+            sae=str(small_sae), out=str(out), features="0:3", items=40, top=3, quantiles=3, negatives=4, pool=12,
+            asr=str(checkpoint), laughter_model=str(ast_dir), gender_model=str(gender_dir), progress=False,
         )
     )
     assert not [n for n in summary["notes"] if "not available" in n]
