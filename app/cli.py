@@ -11,9 +11,12 @@ from app.cli_args import add_dataclass_args, from_args
 
 
 def _commands():
+    from app.web import AppConfig, run_app
     from audio.commands import QuickstartConfig, SynthesizeConfig, run_demo_build, run_quickstart, run_synthesize
     from audio.demo.build import DemoBuildConfig
     from audio.harvest import train_sae
+    from audio.presets import PresetConfig, run_presets
+    from audio.steer_eval import SteerEvalConfig, run_steer_eval
     from autointerp.pipeline import LabelConfig, run_label
     from sae.commands import EvalConfig, HarvestConfig, TextQuickstartConfig, run_eval, run_harvest, run_text_quickstart
     from sae.training import TrainConfig
@@ -27,7 +30,10 @@ def _commands():
         "eval": (EvalConfig, run_eval, "evaluate an SAE (EV, L0, dead latents, per modality, CE recovered)"),
         "harvest": (HarvestConfig, lambda c: {"out": str(run_harvest(c))}, "cache a layer's activations"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
-        "synthesize": (SynthesizeConfig, run_synthesize, "speak a text with a TTS backbone and write a WAV"),
+        "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),
+        "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),
+        "steer-eval": (SteerEvalConfig, run_steer_eval, "dose-response of a steering preset or feature"),
+        "app": (AppConfig, run_app, "the web app: synthesize & steer, feature browser, sweeps, text LLM"),
         "demo build": (DemoBuildConfig, run_demo_build, "build the embedded demo TTS backbone from scratch"),
         "quickstart": (QuickstartConfig, run_quickstart, "offline end-to-end TTS loop on the embedded demo backbone"),
         "quickstart-text": (TextQuickstartConfig, run_text_quickstart, "offline SAE loop on a tiny text LM built here"),

@@ -44,6 +44,18 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         dest = "__".join(path)
         if f.metadata.get("positional"):
             parser.add_argument(dest, metavar=path[-1].upper(), nargs="?", default=default, help=doc)
+        elif typing.get_origin(t) is list:  # --steer a=1 b=2, or --steer a=1 --steer b=2
+            (item,) = typing.get_args(t)
+            parser.add_argument(
+                flag,
+                dest=dest,
+                type=item,
+                nargs="+",
+                action="extend",
+                default=None,
+                metavar=item.__name__.upper(),
+                help=f"{doc} (default: {' '.join(map(str, default)) or 'none'})",
+            )
         elif t is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=doc)
         else:
@@ -54,14 +66,24 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
             )
 
 
+def _default(cls: type, path: tuple[str, ...]):
+    for p in path[:-1]:
+        cls = typing.get_type_hints(cls)[p]
+    f = {f.name: f for f in dataclasses.fields(cls)}[path[-1]]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def from_args(cls: type, ns: argparse.Namespace):
     """Instantiate `cls` (and its nested dataclasses) from parsed arguments."""
     kwargs: dict = {}
-    for path, *_ in _fields(cls):
+    for path, _f, t, _doc in _fields(cls):
         d = kwargs
         for p in path[:-1]:
             d = d.setdefault(p, {})
-        d[path[-1]] = getattr(ns, "__".join(path))
+        val = getattr(ns, "__".join(path))
+        if typing.get_origin(t) is list:
+            val = list(val) if val is not None else _default(cls, path)
+        d[path[-1]] = val
     hints = typing.get_type_hints(cls)
     for name, val in list(kwargs.items()):
         if isinstance(val, dict) and dataclasses.is_dataclass(hints[name]):

@@ -28,7 +28,7 @@ from torch import nn
 
 from sae.activations import SPEECH, TEXT
 
-SCOPES = ("speech", "text", "all")
+SCOPES = ("speech", "text", "all", "generated")
 
 
 class TTSSequence(NamedTuple):
@@ -47,9 +47,10 @@ class TTSSequence(NamedTuple):
 class Intervention:
     """Edit the residual stream after decoder layer `layer` at the positions in scope.
 
-    `edit` maps the rows in scope, h [n, d], to their replacement [n, d]. Scope "speech" means the
-    speech positions the model produces (teacher-forced or generated); a voice prompt's speech
-    positions are left alone unless `include_prompt`.
+    `edit` maps the rows in scope, h [n, d], to their replacement [n, d]. Scopes: "speech", the speech
+    positions (a voice prompt's speech only with `include_prompt`); "text", the text prefix; "all";
+    "generated", only the speech the model produces (generated, or appended when teacher-forced),
+    never a prompt.
     """
 
     layer: int
@@ -62,6 +63,8 @@ class Intervention:
             raise ValueError(f"unknown intervention scope {self.scope!r}: use one of {', '.join(SCOPES)}")
 
     def mask(self, modality: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        if self.scope == "generated":
+            return (modality == SPEECH) & ~prompt
         if self.scope == "speech":
             m = modality == SPEECH
         elif self.scope == "text":
@@ -151,6 +154,10 @@ def sample_token(
     logits: torch.Tensor, gen: torch.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> int:
     """One draw from logits [V] with temperature, top-k and nucleus filtering (greedy at temperature 0)."""
+    if not torch.isfinite(logits).all():  # an extreme edit: never sample from NaN
+        logits = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=1e30)
+        if not torch.isfinite(logits).any():
+            return logits.shape[0] - 1  # nothing usable: stop
     if temperature <= 0:
         return int(logits.argmax())
     logits = logits.float() / temperature

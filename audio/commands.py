@@ -33,6 +33,17 @@ class SynthesizeConfig:
     """Stop after this much speech (0 = the backbone's default limit for the text length)."""
     out: str = "speech.wav"
     """Output WAV file."""
+    sae: list[str] = field(default_factory=list)
+    """SAE directories to steer through (one per layer)."""
+    steer: list[str] = field(default_factory=list)
+    """Edits, e.g. laughter=40 gender=-30 rate=20 (presets: + male / + faster), 361=20 (feature id,
+    alpha x its mean activation), 361:clamp=5, 361:ablate, 361:direction=0.5 (x typical residual norm),
+    3/361=20 (the SAE at layer 3), "female voice=30" (a label search)."""
+    scope: str = "speech"
+    """Positions steered: speech | text | all | generated."""
+    replace: bool = False
+    """Paper-exact edit: replace the residual by the SAE reconstruction of the edited latents (default:
+    keep the SAE's error, so only the edited latents' contribution changes)."""
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
@@ -47,26 +58,39 @@ def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
 
 
 def run_synthesize(cfg: SynthesizeConfig) -> dict:
-    from audio import load_backbone
     from audio.measures import measure
+    from audio.steer import SteerableTTS
 
     if not cfg.text.strip():
         raise ValueError('empty text: give the words to speak, e.g. ttslens synthesize "hello there."')
-    bb = load_backbone(cfg.backbone)
-    max_tokens = int(cfg.max_seconds * bb.token_rate) or None
-    wave, g = bb.synthesize(
+    if cfg.steer and not cfg.sae:
+        raise ValueError("--steer needs an SAE: pass --sae DIR (trained with `ttslens train --backbone`)")
+    tts = SteerableTTS.load(cfg.backbone, cfg.sae)
+    out = tts.synthesize(
         cfg.text,
-        instruct=cfg.instruct or None,
+        steer=cfg.steer,
         seed=cfg.seed,
+        instruct=cfg.instruct or None,
+        scope=cfg.scope,
+        replace=cfg.replace,
         temperature=cfg.temperature,
         top_k=cfg.top_k,
         top_p=cfg.top_p,
-        max_tokens=max_tokens,
+        max_seconds=cfg.max_seconds,
     )
-    path = write_wav(cfg.out, wave, bb.sample_rate)
-    m = measure(wave, bb.sample_rate, getattr(bb, "laughter_detector", None))
+    path = write_wav(cfg.out, out.wave, out.sample_rate)
+    m = measure(out.wave, out.sample_rate, getattr(tts.bb, "laughter_detector", None))
     measured = {k: None if v is None or v != v else round(float(v), 3) for k, v in m._asdict().items()}
-    return {"out": str(path), "speech_tokens": len(g.tokens), "stopped": g.stopped} | measured
+    steered = [
+        {"layer": e.layer, "feature": e.edit.feature, "op": e.edit.op, "alpha": e.edit.alpha, "from": e.source}
+        | ({"label": e.label} if e.label else {})
+        for e in out.edits
+    ]
+    return (
+        {"out": str(path), "speech_tokens": len(out.tokens), "stopped": out.stopped}
+        | measured
+        | ({"steered": steered, "steered_positions": int(out.steered.sum())} if steered else {})
+    )
 
 
 def run_demo_build(cfg) -> dict:

@@ -53,3 +53,19 @@ def small(small_assets):
     from audio import load_backbone
 
     return load_backbone(str(small_assets))
+
+
+@pytest.fixture(scope="session")
+def steer_sae(tmp_path_factory):
+    """A small BatchTopK SAE on the shipped demo backbone's layer 3, with probe presets and labels of
+    its first 48 features (SAE_DIR/labels): what the steering API, the CLI and the app read."""
+    from app.cli import main as cli
+
+    out = tmp_path_factory.mktemp("steer") / "sae"
+    args = ["train", "--backbone", "demo", "--layer", "3", "--latents", "256", "--k", "8", "--tokens", "40000"]
+    args += ["--batch-size", "1024", "--eval-tokens", "2048", "--buffer-tokens", "8192", "--out", str(out)]
+    assert cli(args) == 0
+    assert cli(["presets", "--sae", str(out), "--source", "probe", "--items", "120", "--no-progress"]) == 0
+    label = ["label", "--sae", str(out), "--items", "60", "--features", "0:48", "--batch", "16", "--no-progress"]
+    assert cli([*label, "--asr", "", "--laughter-model", "", "--gender-model", ""]) == 0
+    return out

@@ -1,0 +1,174 @@
+"""Controlled synthesis, the Python API the CLI and the app call.
+
+    from audio.steer import SteerableTTS
+    tts = SteerableTTS.load("demo", sae="runs/demo_l3")
+    out = tts.synthesize("that was funny.", steer={"laughter": 40}, seed=0)
+    out.wave, out.sample_rate, out.tokens, out.steered      # + out.activations with record=True
+
+`steer` takes presets (`laughter`, `gender` + male / − female, `rate` + faster / − slower), feature ids
+(`361`, `361:clamp`, `361:ablate`, `361:direction`, `3/361` for the SAE at layer 3) and label searches
+(`"female voice"`: the best-scored feature whose auto-interp label contains the words), each with its
+strength alpha. Every edit becomes an `audio.backbone.Intervention` at its SAE's layer, applied by a
+forward hook at the scoped positions under the KV cache; the same seed gives the same sample with and
+without steering, so outputs differ only by the edit.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from audio.backbone import SCOPES, Intervention, TTSBackbone, TTSSequence
+from audio.presets import PRESETS, PresetConfig, check_sae_fits, preset_edits, read_presets, resolve_presets
+from sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteerer, SteerRequest, load_steer_saes
+
+
+class Synthesis(NamedTuple):
+    wave: np.ndarray  # float32 at sample_rate
+    sample_rate: int
+    tokens: torch.Tensor  # [T] speech tokens
+    stopped: bool  # False: the length limit cut it
+    sequence: TTSSequence  # prefix + generated speech
+    steered: torch.Tensor  # [N] bool over `sequence`: positions an edit touched
+    edits: list[ResolvedEdit]
+    activations: dict[int, torch.Tensor] | None  # layer → [N, F] SAE latents (record=True)
+    seconds: float  # generation wall time (decode excluded)
+
+
+class SteerableTTS(SAESteerer):
+    """A backbone with one or more SAEs (one per layer) and their presets and labels."""
+
+    def __init__(self, backbone: TTSBackbone, saes: Sequence[LoadedSAE] = ()):
+        self.bb, self.saes = backbone, list(saes)
+        self._presets: dict[int, dict] = {}
+
+    @classmethod
+    def load(cls, backbone: str | TTSBackbone = "demo", sae: str | Path | Sequence | None = None) -> SteerableTTS:
+        from audio import load_backbone
+
+        bb = load_backbone(backbone) if isinstance(backbone, str) else backbone
+        loaded = load_steer_saes(sae, bb.d_model, bb.n_layers, f"backbone {bb.name}")
+        for s in loaded:
+            check_sae_fits(s.sae, s.info, bb, s.path)
+        return cls(bb, loaded)
+
+    # ---- what a steering request names -------------------------------------------------------
+    def presets(self, s: LoadedSAE) -> dict:
+        """The SAE's saved presets, computed (and saved beside it) on first use."""
+        if s.layer not in self._presets:
+            saved = read_presets(s.path)
+            if saved is None:
+                warnings.warn(f"resolving steering presets for {s.path} (saved to {s.path}/presets.json)", stacklevel=3)
+                saved = resolve_presets(PresetConfig(sae=str(s.path), progress=False))
+            self._presets[s.layer] = saved
+        return self._presets[s.layer]
+
+    def mean_act(self, s: LoadedSAE, f: int) -> float:
+        """Z of feature f: its mean activation when active (labels, else the presets' probe pass; else 1)."""
+        rec = self.labels(s).get(f)
+        if rec and rec.get("mean_act"):
+            return float(rec["mean_act"])
+        saved = read_presets(s.path)
+        stats = (saved or {}).get("mean_act")
+        if stats and stats[f] > 0:
+            return float(stats[f])
+        return 1.0
+
+    def resolve_named(self, r: SteerRequest) -> list[ResolvedEdit] | None:
+        """Presets: their saved features, each pushed by alpha (see `audio.presets.preset_edits`)."""
+        if r.target not in PRESETS:
+            return None
+        if r.op != "add":
+            raise ValueError(f"preset {r.target} takes a strength only (e.g. {r.target}=40), not :{r.op}")
+        s = self.sae_at(r.layer)
+        preset = self.presets(s)["presets"][r.target]
+        return [
+            ResolvedEdit(s.layer, FeatureEdit(f, "add", a, z), f"preset {r.target}", self.label(s, f))
+            for f, a, z in preset_edits(preset, r.alpha)
+        ]
+
+    def unknown(self, target: str, saes: list[LoadedSAE]) -> str:
+        return (
+            super()
+            .unknown(target, saes)
+            .replace("not a feature id", f"not a preset ({', '.join(PRESETS)}), not a feature id")
+        )
+
+    def interventions(
+        self, edits: list[ResolvedEdit], scope: str = "speech", replace: bool = False
+    ) -> list[Intervention]:
+        """One Intervention per steered layer, applied at the positions in `scope`."""
+        if scope not in SCOPES:
+            raise ValueError(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
+        return [Intervention(layer, steer, scope) for layer, steer in self.steers(edits, replace).items()]
+
+    # ---- synthesis ---------------------------------------------------------------------------------
+    def synthesize(
+        self,
+        text: str,
+        steer=None,
+        seed: int = 0,
+        instruct: str | None = None,
+        scope: str = "speech",
+        replace: bool = False,
+        record: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        top_p: float = 0.95,
+        max_seconds: float = 0.0,
+    ) -> Synthesis:
+        """Speak `text` with the edits `steer` names; `record` adds the SAE latents at every position."""
+        if not text or not text.strip():
+            raise ValueError("empty text: give the words to speak")
+        edits = self.resolve(steer)
+        ivs = self.interventions(edits, scope, replace)
+        layers = [s.layer for s in self.saes] if record else []
+        t0 = time.perf_counter()
+        g = self.bb.generate(
+            text,
+            instruct=instruct or None,
+            interventions=ivs,
+            seed=seed,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            max_tokens=int(max_seconds * self.bb.token_rate) or None,
+            record=layers,
+        )
+        seconds = time.perf_counter() - t0
+        wave = np.nan_to_num(np.asarray(self.bb.decode(g.tokens), dtype=np.float32))
+        steered = torch.zeros(len(g.sequence), dtype=torch.bool)
+        for iv in ivs:
+            steered |= iv.mask(g.sequence.modality, g.sequence.prompt)
+        acts = None
+        if record:
+            with torch.no_grad():
+                acts = {s.layer: s.sae.encode(g.hidden[s.layer]) for s in self.saes}
+        return Synthesis(wave, self.bb.sample_rate, g.tokens, g.stopped, g.sequence, steered, edits, acts, seconds)
+
+    def synthesize_batch(
+        self, texts: Sequence[str], steer=None, seeds: Sequence[int] | int = 0, **kwargs
+    ) -> list[Synthesis]:
+        """Several texts (each with its seed; one int = the same seed for all), one edit set."""
+        seeds = [seeds] * len(texts) if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
+        self.resolve(steer)  # fail before any work
+        return [self.synthesize(t, steer, s, **kwargs) for t, s in zip(texts, seeds, strict=True)]
+
+
+_CACHE: dict[tuple, SteerableTTS] = {}
+
+
+def synthesize(text: str, steer=None, seed: int = 0, backbone: str = "demo", sae=None, **kwargs) -> Synthesis:
+    """One call: load (once, cached) the backbone and SAE(s), then `SteerableTTS.synthesize`."""
+    key = (backbone, tuple(map(str, [sae] if isinstance(sae, str | Path) else sae or [])))
+    if key not in _CACHE:
+        _CACHE[key] = SteerableTTS.load(backbone, sae)
+    return _CACHE[key].synthesize(text, steer, seed, **kwargs)

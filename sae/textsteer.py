@@ -1,0 +1,220 @@
+"""SAE-feature steering of a Hugging Face text causal LM, the text counterpart of `audio.steer`.
+
+    from sae.textsteer import TextSteerer
+    ts = TextSteerer.load("runs/quickstart/model", sae="runs/quickstart/sae")
+    out = ts.generate("the cat", steer={"361": 4}, seed=0)
+    out.text, out.tokens, out.steered
+    default, steered = ts.compare("the cat", "cat words=4")
+
+`steer` takes the strings of `sae.steering.parse_steers`: feature ids (`361=4`, `361:clamp=5`, `361:ablate`,
+`361:direction=2`, `3/361=4` for the SAE at layer 3) and label searches (`"the word cat=4"`: the feature with the
+best detection AUROC whose SAE_DIR/labels/labels.jsonl label contains the words). Each resolved edit becomes a
+`LayerSteer` applied by a forward hook on its SAE's decoder layer, at the positions in scope, under the KV cache.
+
+`add` moves a feature by alpha times Z, its mean activation when active: the labels' `mean_act`, else measured
+once per SAE on up to CALIBRATION_DOCS documents of the SAE's training dataset (when it is a local file), else 1.
+Sampling draws from a generator seeded by `seed`, so a steered and a default generation share their randomness
+and differ only by the edit (alpha = 0 reproduces the default token for token).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from sae.harvest import layer_output, load_model, load_text_dataset, residual_layers
+from sae.steering import LayerSteer, LoadedSAE, ResolvedEdit, SAESteerer, load_steer_saes
+
+SCOPES = ("all", "generated", "prompt")
+TTS_PRESETS = ("laughter", "gender", "rate")
+CALIBRATION_DOCS = 32
+
+
+class TextGeneration(NamedTuple):
+    text: str  # the generated continuation (special tokens skipped)
+    tokens: torch.Tensor  # [T] generated token ids (eos not included)
+    steered: torch.Tensor  # [P + T] bool over prompt + generated: positions an edit touched
+    sequence: torch.Tensor  # [P + T] token ids: the encoded prompt, then `tokens`
+    stopped: bool  # the model produced eos (False: max_new_tokens cut it)
+    edits: list[ResolvedEdit]
+
+
+def sample_token(logits_V: torch.Tensor, gen: torch.Generator, temperature: float = 1.0, top_k: int = 0) -> int:
+    """One draw from logits [V] with temperature and top-k filtering (greedy at temperature 0)."""
+    logits_V = torch.nan_to_num(logits_V.float(), nan=float("-inf"), posinf=1e30)  # an extreme edit
+    if temperature <= 0:
+        return int(logits_V.argmax())
+    logits_V = logits_V / temperature
+    if 0 < top_k < logits_V.shape[0]:
+        kth = logits_V.topk(top_k).values[-1]
+        logits_V = logits_V.masked_fill(logits_V < kth, float("-inf"))
+    return int(torch.multinomial(logits_V.softmax(-1), 1, generator=gen))
+
+
+class _SteerHooks:
+    """Forward hooks that apply each layer's LayerSteer at the in-scope absolute positions.
+
+    The generation loop sets `pos0`, the absolute position of the chunk the next forward reads (0 for the
+    prefill, then P, P + 1, ...); positions < `prompt_len` are the prompt's."""
+
+    def __init__(self, layers, steers: dict[int, LayerSteer], scope: str, prompt_len: int, total: int):
+        self.steers, self.scope, self.prompt_len = steers, scope, prompt_len
+        self.pos0 = 0
+        self.steered_N = torch.zeros(total, dtype=torch.bool)
+        self.handles = [layers[i].register_forward_hook(self._hook(s)) for i, s in steers.items()]
+
+    def in_scope(self, pos_T: torch.Tensor) -> torch.Tensor:
+        if self.scope == "all":
+            return torch.ones_like(pos_T, dtype=torch.bool)
+        generated_T = pos_T >= self.prompt_len
+        return generated_T if self.scope == "generated" else ~generated_T
+
+    def _hook(self, steer: LayerSteer):
+        def hook(_mod, _inp, out):
+            h_BTD = out[0] if isinstance(out, tuple) else out
+            pos_T = torch.arange(self.pos0, self.pos0 + h_BTD.shape[1])
+            m_T = self.in_scope(pos_T)
+            if not m_T.any():
+                return None
+            self.steered_N[pos_T[m_T]] = True
+            h_BTD = h_BTD.clone()
+            m_T = m_T.to(h_BTD.device)
+            rows_ND = h_BTD[:, m_T].reshape(-1, h_BTD.shape[-1])
+            h_BTD[:, m_T] = steer(rows_ND).reshape(h_BTD.shape[0], -1, h_BTD.shape[-1]).to(h_BTD.dtype)
+            return (h_BTD, *out[1:]) if isinstance(out, tuple) else h_BTD
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class TextSteerer(SAESteerer):
+    """A text causal LM with one or more SAEs (one per layer), their labels and mean activations."""
+
+    def __init__(self, model, tokenizer, saes: Sequence[LoadedSAE] = (), device: str = "cpu"):
+        self.model, self.tok, self.saes, self.device = model, tokenizer, list(saes), device
+        self._mean_act: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, model: str, sae: str | Path | Sequence[str | Path], device: str = "cpu") -> TextSteerer:
+        """`model`: a hub id or local dir; `sae`: SAE dir(s), each steering the layer its cfg.json records."""
+        lm, tok = load_model(model, device)
+        loaded = load_steer_saes(sae, lm.config.hidden_size, len(residual_layers(lm)), model, device)
+        if not loaded:
+            raise ValueError("no SAE given: pass at least one SAE directory")
+        return cls(lm, tok, loaded, device)
+
+    # ---- labels and mean activations ---------------------------------------------------------------
+    def mean_act(self, s: LoadedSAE, f: int) -> float:
+        """Z of feature f: its mean activation when active (labels, else the calibration pass, else 1)."""
+        rec = self.labels(s).get(f) or {}
+        if rec.get("mean_act"):
+            return float(rec["mean_act"])
+        if s.layer not in self._mean_act:
+            self._mean_act[s.layer] = self._calibrate(s)
+        z = float(self._mean_act[s.layer][f])
+        return z if z > 0 else 1.0
+
+    @torch.no_grad()
+    def _calibrate(self, s: LoadedSAE) -> torch.Tensor:
+        """Mean activation when active [F] over the first documents of the SAE's local training dataset
+        (zeros, i.e. Z = 1, when it has none on this machine)."""
+        train = s.info.get("train") or {}
+        data = s.info.get("dataset_path") or train.get("dataset")
+        if not data or not Path(data).exists():
+            return torch.zeros(s.sae.cfg.d_sae)
+        column = train.get("text_column", "text")
+        ds = load_text_dataset(str(data), text_column=column)
+        texts = [t for t in ds[: min(CALIBRATION_DOCS, len(ds))][column] if t and t.strip()]
+        if not texts:
+            return torch.zeros(s.sae.cfg.d_sae)
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        context = int(s.info.get("context_size") or train.get("context") or 128)
+        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=context).to(self.device)
+        h_BTD = layer_output(self.model, s.layer, **enc)
+        z_NF = s.sae.encode(h_BTD[enc["attention_mask"].bool()].float()).cpu()
+        fired_F = (z_NF > 0).sum(0)
+        return z_NF.clamp_min(0).sum(0) / fired_F.clamp_min(1)
+
+    def unknown(self, target: str, saes: list[LoadedSAE]) -> str:
+        if target in TTS_PRESETS:
+            return (
+                f"steering preset {target!r} is TTS-only: on a text model name a feature id (e.g. 361=4) "
+                "or words of a feature's label"
+            )
+        return super().unknown(target, saes)
+
+    # ---- generation -----------------------------------------------------------------------------------
+    def encode(self, prompt: str) -> torch.Tensor:
+        """The prompt's token ids [P] (with the tokenizer's special tokens, e.g. <bos>)."""
+        if not prompt or not prompt.strip():
+            raise ValueError("empty prompt: give the text to continue")
+        ids_P = self.tok(prompt, return_tensors="pt")["input_ids"][0]
+        if ids_P.numel() == 0:
+            raise ValueError(f"the prompt {prompt!r} encodes to no tokens")
+        return ids_P
+
+    def _eos(self) -> set[int]:
+        ids = {self.tok.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
+        return {i for i in ids if i is not None}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        steer=None,
+        seed: int = 0,
+        max_new_tokens: int = 40,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        scope: str = "all",
+    ) -> TextGeneration:
+        """Continue `prompt` with the edits `steer` names at the positions in `scope`: "all" (prompt and
+        generated), "generated" (the generated tokens' positions: the first new token is drawn unsteered),
+        "prompt"."""
+        if scope not in SCOPES:
+            raise ValueError(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (got {temperature})")
+        ids_P = self.encode(prompt)
+        edits = self.resolve(steer)
+        P, eos = ids_P.shape[0], self._eos()
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        hooks = _SteerHooks(residual_layers(self.model), self.steers(edits), scope, P, P + max_new_tokens)
+        new: list[int] = []
+        stopped = False
+        try:
+            out = self.model(input_ids=ids_P[None].to(self.device), use_cache=True)
+            while True:
+                tok = sample_token(out.logits[0, -1], gen, temperature, top_k)
+                if tok in eos:
+                    stopped = True
+                    break
+                new.append(tok)
+                if len(new) == max_new_tokens:
+                    break
+                hooks.pos0 = P + len(new) - 1
+                step_11 = torch.tensor([[tok]], device=self.device)
+                out = self.model(input_ids=step_11, past_key_values=out.past_key_values, use_cache=True)
+        finally:
+            hooks.remove()
+        tokens_T = torch.tensor(new, dtype=torch.long)
+        sequence = torch.cat([ids_P, tokens_T])
+        text = self.tok.decode(new, skip_special_tokens=True)
+        return TextGeneration(text, tokens_T, hooks.steered_N[: len(sequence)], sequence, stopped, edits)
+
+    def compare(self, prompt: str, steer, seed: int = 0, **kw) -> tuple[str, str]:
+        """(default, steered) continuations of `prompt` under the same seed."""
+        self.resolve(steer)  # fail before any work
+        return self.generate(prompt, None, seed, **kw).text, self.generate(prompt, steer, seed, **kw).text
