@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audio.presets import PresetConfig, resolve_presets  # noqa: E402
-from audio.steer_eval import SteerEvalConfig, run_steer_eval  # noqa: E402
+from audio.steer_eval import SteerEvalConfig, run_steer_eval, time_per_token  # noqa: E402
 
 ALPHAS = {
     "laughter": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0],
@@ -121,6 +121,28 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def timing(sae: str, repeats: int = 15) -> None:
+    """Median ms per token over `repeats` interleaved 120-token runs, at each preset's strongest alpha."""
+    from audio.steer import SteerableTTS
+
+    tts = SteerableTTS.load("demo", sae)
+    out = {}
+    for attr, alphas in ALPHAS.items():
+        alpha = max(alphas, key=abs)
+        plain, steered = time_per_token(tts, "we will meet at the station after lunch.", {attr: alpha}, repeats=repeats)
+        out[attr] = {
+            "alpha": alpha,
+            "unsteered_ms": round(plain, 3),
+            "steered_ms": round(steered, 3),
+            "ratio": round(steered / plain, 4),
+        }
+        print(attr, out[attr], flush=True)
+    path = RESULTS / "steer.json"
+    summary = json.loads(path.read_text())
+    summary["timing"] = out | {"command": "python benchmarks/bench_steer.py --timing-only --sae " + sae}
+    path.write_text(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sae", default="runs/ai/sae_l3")
@@ -129,7 +151,14 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=5)
     ap.add_argument("--probe-items", type=int, default=800)
     ap.add_argument("--attributes", nargs="+", default=list(ALPHAS))
+    ap.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only re-measure steered vs unsteered time per token (on a quiet machine) into results/steer.json",
+    )
     args = ap.parse_args()
+    if args.timing_only:
+        return timing(args.sae)
 
     presets = resolve_presets(PresetConfig(sae=args.sae, source="probe", items=args.probe_items, progress=False))
     res = {}
