@@ -143,9 +143,7 @@ class Studio:
         raise ValueError(f"no SAE loaded for layer {layer!r}: loaded layers are {[s.layer for s in self.tts.saes]}")
 
     def has_presets(self, layer) -> bool:
-        from audio.presets import read_presets
-
-        return bool(self.tts.saes) and read_presets(self._sae(layer).path) is not None
+        return bool(self.tts.saes) and self.tts.saved_presets(self._sae(layer)) is not None
 
     def feature_choices(self, layer) -> list[tuple[str, str]]:
         return self.index[str(self._sae(layer).layer)].choices() if self.tts.saes else []

@@ -289,8 +289,11 @@ def build_corpus(
     settings = CorpusSettings(seed, p_tagged, p_spontaneous, p_instruct, sample_rate)
     _check_settings(out, settings)
     done = {u.id: u for u in load_corpus(out)} if (out / TRUTH).exists() else {}
-    have = {i: done[utterance_id(i)] for i in range(n)
-            if utterance_id(i) in done and (wav_dir / f"{utterance_id(i)}.wav").exists()}
+    have = {
+        i: done[utterance_id(i)]
+        for i in range(n)
+        if utterance_id(i) in done and (wav_dir / f"{utterance_id(i)}.wav").exists()
+    }
     jobs = [(settings, i, str(wav_dir)) for i in range(n) if i not in have]
     bar = tqdm(total=n, initial=len(have), disable=not progress, desc="corpus", unit="utt")
     pool = multiprocessing.get_context().Pool(workers) if workers > 1 and len(jobs) >= 32 else None

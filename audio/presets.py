@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from sae.activations import SPEECH
-from sae.files import atomic_write_json, load_sae, sae_info
+from sae.files import atomic_write_json, sae_info
+from sae.steering import load_steer_saes
 
 PRESETS = {
     "laughter": "+ laughter",
@@ -237,11 +238,9 @@ def resolve_presets(cfg: PresetConfig) -> dict:
             raise FileNotFoundError(f"no labels at {labels}: run `ttslens label --sae {sae_dir}` or use --source probe")
         presets = label_presets(labels, cfg.features)
     else:
-        if layer is None:
-            raise ValueError(f"{sae_dir} records no backbone layer: train it with `ttslens train --backbone`")
         bb = load_backbone(cfg.backbone or info.get("backbone") or "demo")
-        sae = load_sae(sae_dir)
-        check_sae_fits(sae, info, bb, sae_dir)
+        (loaded,) = load_steer_saes(sae_dir, bb.d_model, bb.n_layers, f"backbone {bb.name}")
+        check_trained_on(info, bb, sae_dir)
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -250,7 +249,7 @@ def resolve_presets(cfg: PresetConfig) -> dict:
                 return tqdm(it, desc="probe pass", unit="utt", leave=False)
 
         with torch.no_grad():
-            presets, mean_act = probe_presets(bb, sae, layer, cfg.items, cfg.features, cfg.seed, bar)
+            presets, mean_act = probe_presets(bb, loaded.sae, layer, cfg.items, cfg.features, cfg.seed, bar)
     saved = {
         "source": source,
         "layer": layer,
@@ -276,19 +275,8 @@ def run_presets(cfg: PresetConfig) -> dict:
     }
 
 
-def check_sae_fits(sae, info: dict, bb, sae_dir) -> None:
-    """One clear line when an SAE was trained for another backbone or layer than the one given."""
-    layer = info.get("layer")
-    if sae.cfg.d_in != bb.d_model:
-        raise ValueError(
-            f"SAE {sae_dir} reads width {sae.cfg.d_in} but backbone {bb.name} has width {bb.d_model}: "
-            "it was trained on another backbone; pass the backbone it was trained on"
-        )
-    if layer is None or not 0 <= int(layer) < bb.n_layers:
-        raise ValueError(
-            f"SAE {sae_dir} records layer {layer}, which backbone {bb.name} ({bb.n_layers} layers) lacks: "
-            "train it with `ttslens train --backbone`"
-        )
+def check_trained_on(info: dict, bb, sae_dir) -> None:
+    """One clear line when an SAE records another backbone (by name) than the one given."""
     trained_on = str(info.get("backbone") or "")
     if trained_on and "/" not in trained_on and trained_on != bb.name:  # a name, not a build directory
         raise ValueError(

@@ -23,30 +23,122 @@ POSSESSIVES = ("my", "your", "his", "her", "our", "their")
 SINGULAR_DETS = ("the", "the", "the", "a", "a", "this", "that", "every", "one")
 PLURAL_DETS = ("the", "the", "some", "many", "several", "these", "those", "all the", "a few", "most")
 MASS_DETS = ("the", "some", "more", "a lot of", "no", "enough")
-PLACE_PREPS = ("in", "at", "near", "behind", "beside", "inside", "outside", "across", "along", "around",
-               "through", "past", "toward", "by", "next to", "in front of", "far from", "close to")
+PLACE_PREPS = (
+    "in",
+    "at",
+    "near",
+    "behind",
+    "beside",
+    "inside",
+    "outside",
+    "across",
+    "along",
+    "around",
+    "through",
+    "past",
+    "toward",
+    "by",
+    "next to",
+    "in front of",
+    "far from",
+    "close to",
+)
 THING_PREPS = ("on", "under", "in", "behind", "beside", "next to", "near", "inside")
 COMPANION_PREPS = ("with", "for", "without", "beside")
 CONJUNCTIONS = ("and", "but", "so", "or", "yet")
-SUBORDINATORS = ("when", "because", "if", "after", "before", "while", "although", "since", "until",
-                 "as soon as", "unless", "even though", "once")
+SUBORDINATORS = (
+    "when",
+    "because",
+    "if",
+    "after",
+    "before",
+    "while",
+    "although",
+    "since",
+    "until",
+    "as soon as",
+    "unless",
+    "even though",
+    "once",
+)
 MODALS = ("can", "could", "should", "might", "must", "would", "may")
-NEG_MODALS = {"can": "can't", "could": "couldn't", "should": "shouldn't", "would": "wouldn't", "must": "mustn't",
-              "might": "might not", "may": "may not", "will": "won't"}
-INTERJECTIONS = ("oh", "well", "wow", "hey", "yes", "no", "okay", "honestly", "look", "actually", "anyway",
-                 "sadly", "luckily", "of course", "so", "listen", "oh dear", "goodness", "alright", "hmm")
-SHORT_EXCLAMATIONS = ("that's amazing", "how lovely", "not again", "oh no", "thank you so much", "good morning",
-                      "i can't believe it", "this is wonderful", "what a day", "that was close", "here we go",
-                      "well done", "what a surprise", "of course", "no way", "watch out", "good luck", "me too")
-FILLERS = ("i think", "it seems", "apparently", "maybe", "perhaps", "probably", "of course", "in fact",
-           "to be honest", "in the end", "at last", "by the way", "for a while", "all day")
+NEG_MODALS = {
+    "can": "can't",
+    "could": "couldn't",
+    "should": "shouldn't",
+    "would": "wouldn't",
+    "must": "mustn't",
+    "might": "might not",
+    "may": "may not",
+    "will": "won't",
+}
+INTERJECTIONS = (
+    "oh",
+    "well",
+    "wow",
+    "hey",
+    "yes",
+    "no",
+    "okay",
+    "honestly",
+    "look",
+    "actually",
+    "anyway",
+    "sadly",
+    "luckily",
+    "of course",
+    "so",
+    "listen",
+    "oh dear",
+    "goodness",
+    "alright",
+    "hmm",
+)
+SHORT_EXCLAMATIONS = (
+    "that's amazing",
+    "how lovely",
+    "not again",
+    "oh no",
+    "thank you so much",
+    "good morning",
+    "i can't believe it",
+    "this is wonderful",
+    "what a day",
+    "that was close",
+    "here we go",
+    "well done",
+    "what a surprise",
+    "of course",
+    "no way",
+    "watch out",
+    "good luck",
+    "me too",
+)
+FILLERS = (
+    "i think",
+    "it seems",
+    "apparently",
+    "maybe",
+    "perhaps",
+    "probably",
+    "of course",
+    "in fact",
+    "to be honest",
+    "in the end",
+    "at last",
+    "by the way",
+    "for a while",
+    "all day",
+)
 TIME_PREFIXES = ("last", "next", "this", "every")
 CLAUSE_INTROS = ("that", "")
 # words only the templates produce
-FUNCTION_WORDS = ("to that who what which where when why how many going not am is are was were do does did "
-                  "don't doesn't didn't has have hasn't haven't isn't aren't wasn't weren't will won't it "
-                  "looks seems feels love miss need want like hate ago night morning afternoon evening time "
-                  "please let's always never so too and on in at for from with of one a an hello").split()
+FUNCTION_WORDS = (
+    "to that who what which where when why how many going not am is are was were do does did "
+    "don't doesn't didn't has have hasn't haven't isn't aren't wasn't weren't will won't it "
+    "looks seems feels love miss need want like hate ago night morning afternoon evening time "
+    "please let's always never so too and on in at for from with of one a an hello"
+).split()
 TENSES = ("present", "past", "past", "future", "progressive", "past_progressive", "perfect", "modal", "going_to")
 # tenses that go together in one sentence (main clause, subordinate clause)
 FRAMES = {
@@ -317,14 +409,40 @@ class SentenceGenerator:
         words = set(nouns) | {plural(n) for n in nouns} | set(lex.mass)
         for f in lex.forms.values():
             words |= {f.base, f.third, f.past, f.participle, f.ing}
-        for group in (lex.days, lex.months, lex.names, lex.place_names, lex.adjectives, lex.adv_manner,
-                      lex.adv_time, lex.adv_frequency, lex.adv_degree, lex.numbers, lex.ordinals):
+        for group in (
+            lex.days,
+            lex.months,
+            lex.names,
+            lex.place_names,
+            lex.adjectives,
+            lex.adv_manner,
+            lex.adv_time,
+            lex.adv_frequency,
+            lex.adv_degree,
+            lex.numbers,
+            lex.ordinals,
+        ):
             words |= set(group)
-        fixed = (list(SUBJECT_PRONOUNS) + list(OBJECT_PRONOUNS) + list(POSSESSIVES) + list(SINGULAR_DETS)
-                 + list(PLURAL_DETS) + list(MASS_DETS) + list(PLACE_PREPS) + list(THING_PREPS)
-                 + list(COMPANION_PREPS) + list(CONJUNCTIONS) + list(SUBORDINATORS) + list(MODALS)
-                 + list(NEG_MODALS.values()) + list(INTERJECTIONS) + list(SHORT_EXCLAMATIONS) + list(FILLERS)
-                 + list(TIME_PREFIXES) + FUNCTION_WORDS)
+        fixed = (
+            list(SUBJECT_PRONOUNS)
+            + list(OBJECT_PRONOUNS)
+            + list(POSSESSIVES)
+            + list(SINGULAR_DETS)
+            + list(PLURAL_DETS)
+            + list(MASS_DETS)
+            + list(PLACE_PREPS)
+            + list(THING_PREPS)
+            + list(COMPANION_PREPS)
+            + list(CONJUNCTIONS)
+            + list(SUBORDINATORS)
+            + list(MODALS)
+            + list(NEG_MODALS.values())
+            + list(INTERJECTIONS)
+            + list(SHORT_EXCLAMATIONS)
+            + list(FILLERS)
+            + list(TIME_PREFIXES)
+            + FUNCTION_WORDS
+        )
         for phrase in fixed:
             words |= set(phrase.split())
         return {w for w in words if w}
@@ -335,14 +453,34 @@ class SentenceGenerator:
         self.rho = min(max((target - 3) / 15, 0.0), 1.0)
         r = self.r.random
         if target <= 4:
-            kinds = [(self._short_sentence, 3), (self._simple, 3), (self._yes_no, 2), (self._exclamation, 2),
-                     (self._imperative, 2)]
+            kinds = [
+                (self._short_sentence, 3),
+                (self._simple, 3),
+                (self._yes_no, 2),
+                (self._exclamation, 2),
+                (self._imperative, 2),
+            ]
         elif target <= 10:
-            kinds = [(self._simple, 5), (self._yes_no, 2), (self._wh_question, 2), (self._exclamation, 1.5),
-                     (self._imperative, 1.5), (self._reported, 1), (self._compound, 1)]
+            kinds = [
+                (self._simple, 5),
+                (self._yes_no, 2),
+                (self._wh_question, 2),
+                (self._exclamation, 1.5),
+                (self._imperative, 1.5),
+                (self._reported, 1),
+                (self._compound, 1),
+            ]
         else:
-            kinds = [(self._compound, 4), (self._complex, 4), (self._simple, 1.5), (self._reported, 1.5),
-                     (self._wh_question, 1), (self._yes_no, 0.7), (self._imperative, 0.8), (self._listing, 0.7)]
+            kinds = [
+                (self._compound, 4),
+                (self._complex, 4),
+                (self._simple, 1.5),
+                (self._reported, 1.5),
+                (self._wh_question, 1),
+                (self._yes_no, 0.7),
+                (self._imperative, 0.8),
+                (self._listing, 0.7),
+            ]
         make = self.r.choices([k for k, _ in kinds], weights=[w for _, w in kinds])[0]
         words = make()
         if r() < 0.12 + 0.1 * self.rho and words[-1] not in "?!" and _count(words) < target:
@@ -397,8 +535,10 @@ class SentenceGenerator:
     def _listing(self) -> list[str]:
         subj, person = self._subject()
         verb = self.r.choice(["buy", "bring", "pack", "find", "need", "want", "carry", "order", "sell"])
-        items = [self._noun_phrase(self.r.choice([self.lex.things, self.lex.food]), many=self.r.random() < 0.5)
-                 for _ in range(self.r.randint(3, 4))]
+        items = [
+            self._noun_phrase(self.r.choice([self.lex.things, self.lex.food]), many=self.r.random() < 0.5)
+            for _ in range(self.r.randint(3, 4))
+        ]
         listed = [w for item in items[:-1] for w in item + [","]] + ["and"] + items[-1]
         tail = self._place_phrase() if self.r.random() < 0.5 else []
         return Clause(subj, person, verb, "past", False, listed + tail).statement() + ["."]
@@ -461,10 +601,13 @@ class SentenceGenerator:
         """A random clause; `verb_kind` picks the verb family, `tenses` the allowed tenses."""
         c, r = self.r.choice, self.r.random
         negative = r() < 0.12
-        kind = verb_kind or self.r.choices(
-            ["thing", "person", "food", "idea", "intrans", "motion", "copula", "infinitive"],
-            weights=[4, 2, 1.5, 1.5, 2.5, 1.5, 2, 1],
-        )[0]
+        kind = (
+            verb_kind
+            or self.r.choices(
+                ["thing", "person", "food", "idea", "intrans", "motion", "copula", "infinitive"],
+                weights=[4, 2, 1.5, 1.5, 2.5, 1.5, 2, 1],
+            )[0]
+        )
         subj, person = self._subject(things=kind == "copula")
         if kind == "copula":
             tense = c([t for t in tenses if "progressive" not in t] or ["present"])
@@ -580,17 +723,19 @@ class SentenceGenerator:
 
     def _time_phrase(self) -> list[str]:
         c, lex = self.r.choice, self.lex
-        return c([
-            [c(lex.adv_time)],
-            [c(TIME_PREFIXES), c(lex.times + lex.days)],
-            ["on", c(lex.days)],
-            ["in", c(lex.months)],
-            [c(lex.numbers[:8]), plural(c(lex.times)), "ago"],
-            ["at", "night"],
-            ["in", "the", c(["morning", "afternoon", "evening"])],
-            ["for", c(lex.numbers[:8]), plural(c(lex.times))],
-            ["the", c(lex.ordinals[:5]), "time"],
-        ])
+        return c(
+            [
+                [c(lex.adv_time)],
+                [c(TIME_PREFIXES), c(lex.times + lex.days)],
+                ["on", c(lex.days)],
+                ["in", c(lex.months)],
+                [c(lex.numbers[:8]), plural(c(lex.times)), "ago"],
+                ["at", "night"],
+                ["in", "the", c(["morning", "afternoon", "evening"])],
+                ["for", c(lex.numbers[:8]), plural(c(lex.times))],
+                ["the", c(lex.ordinals[:5]), "time"],
+            ]
+        )
 
     def _finite_intrans(self) -> str:
         f = self.lex.forms[self.r.choice(self.lex.verbs["intrans"])]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from audio.backbone import SCOPES, Intervention, TTSBackbone, TTSSequence
-from audio.presets import PRESETS, PresetConfig, check_sae_fits, preset_edits, read_presets, resolve_presets
+from audio.presets import PRESETS, PresetConfig, check_trained_on, preset_edits, read_presets, resolve_presets
 from sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteerer, SteerRequest, load_steer_saes
 
 
@@ -44,9 +44,11 @@ class Synthesis(NamedTuple):
 class SteerableTTS(SAESteerer):
     """A backbone with one or more SAEs (one per layer) and their presets and labels."""
 
+    named = f"a preset ({', '.join(PRESETS)})"
+
     def __init__(self, backbone: TTSBackbone, saes: Sequence[LoadedSAE] = ()):
         self.bb, self.saes = backbone, list(saes)
-        self._presets: dict[int, dict] = {}
+        self._presets: dict[int, dict | None] = {}
 
     @classmethod
     def load(cls, backbone: str | TTSBackbone = "demo", sae: str | Path | Sequence | None = None) -> SteerableTTS:
@@ -55,18 +57,21 @@ class SteerableTTS(SAESteerer):
         bb = load_backbone(backbone) if isinstance(backbone, str) else backbone
         loaded = load_steer_saes(sae, bb.d_model, bb.n_layers, f"backbone {bb.name}")
         for s in loaded:
-            check_sae_fits(s.sae, s.info, bb, s.path)
+            check_trained_on(s.info, bb, s.path)
         return cls(bb, loaded)
 
     # ---- what a steering request names -------------------------------------------------------
+    def saved_presets(self, s: LoadedSAE) -> dict | None:
+        """The SAE's presets.json when current (read once: checking it hashes the weights)."""
+        if s.layer not in self._presets:
+            self._presets[s.layer] = read_presets(s.path)
+        return self._presets[s.layer]
+
     def presets(self, s: LoadedSAE) -> dict:
         """The SAE's saved presets, computed (and saved beside it) on first use."""
-        if s.layer not in self._presets:
-            saved = read_presets(s.path)
-            if saved is None:
-                warnings.warn(f"resolving steering presets for {s.path} (saved to {s.path}/presets.json)", stacklevel=3)
-                saved = resolve_presets(PresetConfig(sae=str(s.path), progress=False))
-            self._presets[s.layer] = saved
+        if self.saved_presets(s) is None:
+            warnings.warn(f"resolving steering presets for {s.path} (saved to {s.path}/presets.json)", stacklevel=3)
+            self._presets[s.layer] = resolve_presets(PresetConfig(sae=str(s.path), progress=False))
         return self._presets[s.layer]
 
     def mean_act(self, s: LoadedSAE, f: int) -> float:
@@ -74,8 +79,7 @@ class SteerableTTS(SAESteerer):
         rec = self.labels(s).get(f)
         if rec and rec.get("mean_act"):
             return float(rec["mean_act"])
-        saved = read_presets(s.path)
-        stats = (saved or {}).get("mean_act")
+        stats = (self.saved_presets(s) or {}).get("mean_act")
         if stats and stats[f] > 0:
             return float(stats[f])
         return 1.0
@@ -92,13 +96,6 @@ class SteerableTTS(SAESteerer):
             ResolvedEdit(s.layer, FeatureEdit(f, "add", a, z), f"preset {r.target}", self.label(s, f))
             for f, a, z in preset_edits(preset, r.alpha)
         ]
-
-    def unknown(self, target: str, saes: list[LoadedSAE]) -> str:
-        return (
-            super()
-            .unknown(target, saes)
-            .replace("not a feature id", f"not a preset ({', '.join(PRESETS)}), not a feature id")
-        )
 
     def interventions(
         self, edits: list[ResolvedEdit], scope: str = "speech", replace: bool = False

@@ -10,29 +10,16 @@ Clip paths come from the labels file; `clip_path` only returns files inside the 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path, PurePath
 
 import torch
 
 from sae.files import load_sae
+from sae.steering import read_labels
 
 MODALITIES = ("all", "text", "speech", "mixed")
 MARK_OPEN, MARK_CLOSE = "«", "»"  # how autointerp marks the firing token in a text window
-
-
-def read_labels(path: str | Path) -> dict[int, dict]:
-    """feature → its labels.jsonl record."""
-    recs = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                r = json.loads(line)
-                recs[int(r["feature"])] = r
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise ValueError(f"{path}:{n}: not a labels record (re-run `ttslens label`)") from None
-    return recs
 
 
 def auroc(rec: dict) -> float | None:
@@ -64,7 +51,7 @@ class FeatureIndex:
         sae_dir = Path(sae_dir)
         labels_dir = Path(labels_dir) if labels_dir else sae_dir / "labels"
         path = labels_dir / "labels.jsonl"
-        records = read_labels(path) if path.exists() else {}
+        records = read_labels(path)
         W = load_sae(sae_dir).W_dec.detach()
         bad = [f for f in records if not 0 <= f < W.shape[0]]
         if bad:

@@ -208,11 +208,18 @@ def load_steer_saes(dirs, width: int, n_layers: int, model: str, device: str = "
     return loaded
 
 
-def read_labels(sae_dir: str | Path) -> dict[int, dict]:
-    """feature → its record in SAE_DIR/labels/labels.jsonl (`ttslens label`), {} when unlabelled."""
-    path = Path(sae_dir) / "labels" / "labels.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return {int(r["feature"]): r for r in map(json.loads, filter(str.strip, lines))}
+def read_labels(path: str | Path) -> dict[int, dict]:
+    """feature → its record in a labels.jsonl (`ttslens label`), {} when the file is absent."""
+    path = Path(path)
+    recs = {}
+    for n, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        if line.strip():
+            try:
+                r = json.loads(line)
+                recs[int(r["feature"])] = r
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}:{n}: not a labels record (re-run `ttslens label`)") from None
+    return recs
 
 
 def confident_label(rec: dict | None) -> str:
@@ -225,11 +232,12 @@ class SAESteerer:
     supply `mean_act` (and may claim extra targets in `resolve_named`)."""
 
     saes: list[LoadedSAE]
+    named: str = ""  # the targets a subclass knows by name, for error messages ("a preset (laughter, ...)")
 
     def labels(self, s: LoadedSAE) -> dict[int, dict]:
         cache = self.__dict__.setdefault("_labels", {})
         if s.layer not in cache:
-            cache[s.layer] = read_labels(s.path)
+            cache[s.layer] = read_labels(s.path / "labels" / "labels.jsonl")
         return cache[s.layer]
 
     def mean_act(self, s: LoadedSAE, f: int) -> float:
@@ -292,7 +300,8 @@ class SAESteerer:
     def unknown(self, target: str, saes: list[LoadedSAE]) -> str:
         labelled = [str(s.path) for s in saes if self.labels(s)]
         where = f"the labels of {', '.join(labelled)}" if labelled else "no labels (run `ttslens label` on the SAE)"
-        return f"unknown steering target {target!r}: not a feature id and not found in {where}"
+        named = f"not {self.named}, " if self.named else ""
+        return f"unknown steering target {target!r}: {named}not a feature id and not found in {where}"
 
     def steers(self, edits: list[ResolvedEdit], replace: bool = False) -> dict[int, LayerSteer]:
         """One LayerSteer per steered layer (all of that layer's edits together)."""

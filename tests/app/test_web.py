@@ -109,10 +109,8 @@ def test_synthesize_refuses_bad_input_in_one_line(studio, kwargs, message):
 
 
 def test_preset_sliders_need_saved_presets(studio, monkeypatch):
-    import audio.presets
-
     assert studio.has_presets("3")
-    monkeypatch.setattr(audio.presets, "read_presets", lambda path: None)
+    monkeypatch.setattr(studio.tts, "saved_presets", lambda s: None)  # as if SAE_DIR/presets.json were absent
     assert not studio.has_presets("3")
     with pytest.raises(ValueError, match="has no presets: run `ttslens presets --sae"):
         studio.synthesize(TEXT, "", "3", _presets(gender=-2.0), NO_PICKS)
