@@ -7,19 +7,33 @@ import json
 import os
 import sys
 
-from app.cli_args import add_dataclass_args, from_args
+from ttslens.app.cli_args import add_dataclass_args, from_args
+from ttslens.sae.errors import TTSLensError
 
 
 def _commands():
-    from app.web import AppConfig, run_app
-    from audio.commands import QuickstartConfig, SynthesizeConfig, run_demo_build, run_quickstart, run_synthesize
-    from audio.demo.build import DemoBuildConfig
-    from audio.harvest import train_sae
-    from audio.presets import PresetConfig, run_presets
-    from audio.steer_eval import SteerEvalConfig, run_steer_eval
-    from autointerp.pipeline import LabelConfig, run_label
-    from sae.commands import EvalConfig, HarvestConfig, TextQuickstartConfig, run_eval, run_harvest, run_text_quickstart
-    from sae.training import TrainConfig
+    from ttslens.app.web import AppConfig, run_app
+    from ttslens.audio.backbones.demo.build import DemoBuildConfig
+    from ttslens.audio.commands import (
+        QuickstartConfig,
+        SynthesizeConfig,
+        run_demo_build,
+        run_quickstart,
+        run_synthesize,
+    )
+    from ttslens.audio.harvest import train_sae
+    from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
+    from ttslens.audio.steering.presets import PresetConfig, run_presets
+    from ttslens.autointerp.pipeline import LabelConfig, run_label
+    from ttslens.sae.commands import (
+        EvalConfig,
+        HarvestConfig,
+        TextQuickstartConfig,
+        run_eval,
+        run_harvest,
+        run_text_quickstart,
+    )
+    from ttslens.sae.training import TrainConfig
 
     def do_train(cfg):
         res = train_sae(cfg)
@@ -69,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     cls, fn, _ = _commands()[name]
     try:
         result = fn(from_args(cls, args))
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except TTSLensError as e:  # the user's input or files: one line; anything else is a bug (traceback)
         print(f"ttslens {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,6 +19,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ttslens.sae.errors import BadInput
+
 
 @dataclass
 class AppConfig:
@@ -64,9 +66,9 @@ def number(x, what: str, lo: float, hi: float) -> float:
     try:
         v = float(x if x not in (None, "") else 0)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number (got {x!r})") from None
+        raise BadInput(f"{what} must be a number (got {x!r})") from None
     if not math.isfinite(v) or not lo <= v <= hi:
-        raise ValueError(f"{what} must be between {lo:g} and {hi:g} (got {x!r})")
+        raise BadInput(f"{what} must be between {lo:g} and {hi:g} (got {x!r})")
     return v
 
 
@@ -74,7 +76,7 @@ def whole(x, what: str, lo: int, hi: int) -> int:
     """`x` as an integer in [lo, hi]."""
     v = number(x, what, lo, hi)
     if v != int(v):
-        raise ValueError(f"{what} must be a whole number (got {x!r})")
+        raise BadInput(f"{what} must be a whole number (got {x!r})")
     return int(v)
 
 
@@ -82,9 +84,9 @@ def parse_alphas(text: str) -> list[float]:
     """ "−4,−2,0,2,4" (typographic minus signs accepted) → strengths."""
     parts = [p.strip() for p in str(text or "").replace("−", "-").replace(";", ",").split(",") if p.strip()]
     if not parts:
-        raise ValueError("no strengths given: write them comma-separated, e.g. -4,-2,0,2,4")
+        raise BadInput("no strengths given: write them comma-separated, e.g. -4,-2,0,2,4")
     if len(parts) > 15:
-        raise ValueError(f"{len(parts)} strengths: give at most 15")
+        raise BadInput(f"{len(parts)} strengths: give at most 15")
     return [number(p, f"strength {p!r}", -MAX_STRENGTH, MAX_STRENGTH) for p in parts]
 
 
@@ -103,8 +105,8 @@ class Studio:
     """The loaded backbone, SAEs, feature indexes and text model; one method per action of the page."""
 
     def __init__(self, cfg: AppConfig):
-        from audio.steer import SteerableTTS
-        from autointerp.browse import FeatureIndex
+        from ttslens.audio.steering.api import SteerableTTS
+        from ttslens.autointerp.browse import FeatureIndex
 
         self.cfg = cfg
         self.tts = SteerableTTS.load(cfg.backbone, cfg.sae)
@@ -121,7 +123,7 @@ class Studio:
         if not cfg.text_model:
             return None, "No text model loaded: start the app with `--text-model MODEL --text-sae SAE_DIR`."
         try:
-            from sae.textsteer import TextSteerer
+            from ttslens.sae.lm.steer import TextSteerer
         except ImportError as e:
             return None, f"Text-LLM steering is not available in this install ({e})."
         try:
@@ -136,11 +138,11 @@ class Studio:
 
     def _sae(self, layer):
         if not self.tts.saes:
-            raise ValueError("no SAE loaded: start the app with --sae SAE_DIR to steer and browse features")
+            raise BadInput("no SAE loaded: start the app with --sae SAE_DIR to steer and browse features")
         for s in self.tts.saes:
             if str(s.layer) == str(layer):
                 return s
-        raise ValueError(f"no SAE loaded for layer {layer!r}: loaded layers are {[s.layer for s in self.tts.saes]}")
+        raise BadInput(f"no SAE loaded for layer {layer!r}: loaded layers are {[s.layer for s in self.tts.saes]}")
 
     def has_presets(self, layer) -> bool:
         return bool(self.tts.saes) and self.tts.saved_presets(self._sae(layer)) is not None
@@ -158,7 +160,7 @@ class Studio:
                 continue
             s, key = self._sae(layer), str(target).strip()
             if key in PRESET_NAMES and not self.has_presets(layer):
-                raise ValueError(f"the SAE at {s.path} has no presets: run `ttslens presets --sae {s.path}` first")
+                raise BadInput(f"the SAE at {s.path} has no presets: run `ttslens presets --sae {s.path}` first")
             key = key if "/" in key else f"{s.layer}/{key}"
             steer[key] = steer.get(key, 0.0) + a
         return steer
@@ -177,13 +179,13 @@ class Studio:
         progress=None,
     ) -> dict:
         """Default and steered synthesis of `text` with the same seed, their measures, the edits."""
-        from audio.backbone import SCOPES
-        from audio.measures import measure
+        from ttslens.audio.backbones.base import SCOPES
+        from ttslens.audio.measures.signal import measure
 
         if not str(text or "").strip():
-            raise ValueError("empty text: type the words to speak")
+            raise BadInput("empty text: type the words to speak")
         if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+            raise BadInput(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
         seed = whole(seed, "seed", 0, 2**31 - 1)
         steer = self.steer_request(layer, presets or {}, list(picks)) if self.tts.saes else {}
         tick = progress or (lambda *_: None)
@@ -233,7 +235,7 @@ class Studio:
 
         idx = self.index[str(self._sae(layer).layer)]
         if feature in (None, ""):
-            raise ValueError("no feature chosen: pick a row of the table or type a feature id")
+            raise BadInput("no feature chosen: pick a row of the table or type a feature id")
         c = idx.card(whole(feature, "feature id", 0, idx.n_features - 1))
         audio = []
         for clip in c["clips"][:N_CLIPS]:
@@ -244,14 +246,14 @@ class Studio:
     # ---- tab 3: dose-response --------------------------------------------------------------------------
     def dose(self, layer, attribute: str, target: str, alphas: str, voices=6, texts=5, seed=0, progress=None) -> dict:
         """One `run_steer_eval` sweep into a fresh directory under the work dir."""
-        from audio.steer_eval import ATTRIBUTES, SteerEvalConfig, run_steer_eval
+        from ttslens.audio.steering.evaluate import ATTRIBUTES, SteerEvalConfig, run_steer_eval
 
         s = self._sae(layer)
         if attribute not in ATTRIBUTES:
-            raise ValueError(f"unknown attribute {attribute!r}: use one of {', '.join(ATTRIBUTES)}")
+            raise BadInput(f"unknown attribute {attribute!r}: use one of {', '.join(ATTRIBUTES)}")
         target = str(target or "").strip()
         if not target:
-            raise ValueError("nothing to steer: choose a preset or a feature")
+            raise BadInput("nothing to steer: choose a preset or a feature")
         cfg = SteerEvalConfig(
             sae=[str(s.path)],
             attribute=attribute,
@@ -274,9 +276,9 @@ class Studio:
     ) -> tuple[str, str]:
         """(default, steered) continuations of `prompt` with the same seed."""
         if self.text is None:
-            raise ValueError(self.text_note)
+            raise BadInput(self.text_note)
         if not str(prompt or "").strip():
-            raise ValueError("empty prompt: type the start of a text")
+            raise BadInput("empty prompt: type the start of a text")
         steer: dict[str, float] = {}
         for f, a in picks:
             a = number(a, f"strength of {f}", -MAX_STRENGTH, MAX_STRENGTH)
@@ -378,8 +380,8 @@ def build_app(cfg: AppConfig, studio: Studio | None = None):
     import numpy as np
     import pandas as pd
 
-    from audio.backbone import SCOPES
-    from audio.steer_eval import ATTRIBUTES
+    from ttslens.audio.backbones.base import SCOPES
+    from ttslens.audio.steering.evaluate import ATTRIBUTES
 
     def table(rows: list[dict], columns: list[str]):
         return pd.DataFrame(rows, columns=columns)
@@ -713,7 +715,7 @@ def build_app(cfg: AppConfig, studio: Studio | None = None):
 def run_app(cfg: AppConfig) -> dict:
     """Serve the app on cfg.host:cfg.port until interrupted (Ctrl-C)."""
     if cfg.concurrency < 1 or cfg.queue_size < 1:
-        raise ValueError("--concurrency and --queue-size must be at least 1")
+        raise BadInput("--concurrency and --queue-size must be at least 1")
     studio = Studio(cfg)
     os.environ["GRADIO_TEMP_DIR"] = str(studio.work / "gradio")  # Gradio's file cache: under the work dir too
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -730,7 +732,7 @@ def run_app(cfg: AppConfig) -> dict:
             css=CSS,
         )
     except OSError as e:
-        raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({e}): pass another --port") from None
+        raise BadInput(f"cannot serve on {cfg.host}:{cfg.port} ({e}): pass another --port") from None
     print(f"ttslens app: {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     print(f"ttslens app: work files in {studio.work}; Ctrl-C stops", flush=True)
     try:

@@ -1,23 +1,23 @@
-"""TTS backbones behind one interface (`audio.backbone`), the demo backbone, codec and audio measures."""
+"""ttslens.audio — TTS backbones behind one interface, audio measures, controlled synthesis.
+
+- `backbones/` — `base.TTSBackbone` (the seam), `registry` (`load_backbone`), `demo/` (the embedded backbone);
+- `corpus.py` — the `Corpus` interface: items of text, optional audio / speech tokens, optional truth;
+- `measures/` — signal measures, 1-s clip measures, ASR, audio classifiers (by name);
+- `steering/` — the steering API (`SteerableTTS`), presets, dose-response evaluation;
+- `harvest.py` — a backbone as an activation source for `ttslens.sae`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from ttslens.audio.backbones.base import Generation, Intervention, TeacherForced, TTSBackbone, TTSSequence
+from ttslens.audio.backbones.registry import list_backbones, load_backbone
 
-from audio.backbone import Generation, Intervention, TeacherForced, TTSBackbone, TTSSequence
-
-BACKBONES = ("demo",)
-
-
-def load_backbone(name: str = "demo", **kwargs) -> TTSBackbone:
-    """A backbone by name ("demo"), or a directory written by `ttslens demo build --out DIR`."""
-    from audio.demo.backbone import DemoBackbone
-
-    if name == "demo":
-        return DemoBackbone.load(**kwargs)
-    if Path(name).is_dir() and (Path(name) / "lm.json").exists():
-        return DemoBackbone.load(name)
-    raise ValueError(f"unknown backbone {name!r}: use {', '.join(BACKBONES)} or a `ttslens demo build` directory")
-
-
-__all__ = ["Generation", "Intervention", "TTSBackbone", "TTSSequence", "TeacherForced", "load_backbone"]
+__all__ = [
+    "Generation",
+    "Intervention",
+    "TTSBackbone",
+    "TTSSequence",
+    "TeacherForced",
+    "list_backbones",
+    "load_backbone",
+]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sae.files import atomic_path
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import atomic_path
 
 
 @dataclass
@@ -58,13 +59,13 @@ def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
 
 
 def run_synthesize(cfg: SynthesizeConfig) -> dict:
-    from audio.measures import measure
-    from audio.steer import SteerableTTS
+    from ttslens.audio.measures.signal import measure
+    from ttslens.audio.steering.api import SteerableTTS
 
     if not cfg.text.strip():
-        raise ValueError('empty text: give the words to speak, e.g. ttslens synthesize "hello there."')
+        raise BadInput('empty text: give the words to speak, e.g. ttslens synthesize "hello there."')
     if cfg.steer and not cfg.sae:
-        raise ValueError("--steer needs an SAE: pass --sae DIR (trained with `ttslens train --backbone`)")
+        raise BadInput("--steer needs an SAE: pass --sae DIR (trained with `ttslens train --backbone`)")
     tts = SteerableTTS.load(cfg.backbone, cfg.sae)
     out = tts.synthesize(
         cfg.text,
@@ -94,7 +95,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
 
 
 def run_demo_build(cfg) -> dict:
-    from audio.demo.build import build
+    from ttslens.audio.backbones.demo.build import build
 
     return build(cfg)
 
@@ -120,9 +121,9 @@ class QuickstartConfig:
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
-    from audio.harvest import train_sae
-    from sae.base import SAEConfig
-    from sae.training import TrainConfig
+    from ttslens.audio.harvest import train_sae
+    from ttslens.sae.base import SAEConfig
+    from ttslens.sae.training import TrainConfig
 
     root = Path(cfg.out)
     spoken = {}

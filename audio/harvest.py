@@ -11,9 +11,10 @@ from typing import NamedTuple
 
 import torch
 
-from audio.backbone import TTSBackbone
-from sae.activations import Block
-from sae.harvest import check_layer
+from ttslens.audio.backbones.base import TTSBackbone
+from ttslens.sae.activations import Block
+from ttslens.sae.errors import BadInput
+from ttslens.sae.hooks import check_layer
 
 
 class CorpusItem(NamedTuple):
@@ -29,7 +30,7 @@ class BackboneActivations:
     def __init__(self, backbone: TTSBackbone, items: list[CorpusItem], layer: int) -> None:
         check_layer(layer, backbone.n_layers)
         if not items:
-            raise ValueError("the corpus is empty")
+            raise BadInput("the corpus is empty")
         self.backbone, self.items, self.layer, self.d = backbone, items, layer, backbone.d_model
 
     def start_state(self, rank: int = 0, world: int = 1) -> dict:
@@ -63,7 +64,7 @@ class BackboneActivations:
 
 def backbone_sources(name: str, layer: int):
     """(train source, held-out source, metadata) for `sae.training.train`."""
-    from audio import load_backbone
+    from ttslens.audio import load_backbone
 
     bb = load_backbone(name)
     train_items, held = bb.corpus("train"), bb.corpus("heldout")
@@ -83,7 +84,7 @@ def speech_ce(backbone: TTSBackbone, sae, layer: int, items: list[CorpusItem]) -
     """Cross-entropy of the speech tokens (and the stop) teacher-forced: clean, with the SAE's
     reconstruction replacing the residual after `layer` at every position, and with it zeroed;
     CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)."""
-    from audio.backbone import Intervention
+    from ttslens.audio.backbones.base import Intervention
 
     def ce(interventions) -> float:
         total, n = 0.0, 0
@@ -110,7 +111,7 @@ def speech_ce(backbone: TTSBackbone, sae, layer: int, items: list[CorpusItem]) -
 def train_sae(cfg, progress: bool = True):
     """`sae.training.train`, resolving `cfg.backbone` to a teacher-forced backbone source; for a
     backbone the metrics add the speech-token CE with the SAE spliced in (held-out items)."""
-    from sae.training import train
+    from ttslens.sae.training import train
 
     if not cfg.backbone:
         return train(cfg, progress=progress)

@@ -15,8 +15,9 @@ from pathlib import Path, PurePath
 
 import torch
 
-from sae.files import load_sae
-from sae.steering import read_labels
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import load_sae
+from ttslens.sae.steering import read_labels
 
 MODALITIES = ("all", "text", "speech", "mixed")
 MARK_OPEN, MARK_CLOSE = "«", "»"  # how autointerp marks the firing token in a text window
@@ -55,7 +56,7 @@ class FeatureIndex:
         W = load_sae(sae_dir).W_dec.detach()
         bad = [f for f in records if not 0 <= f < W.shape[0]]
         if bad:
-            raise ValueError(f"{path} labels feature {bad[0]}, but the SAE at {sae_dir} has 0..{W.shape[0] - 1}")
+            raise BadInput(f"{path} labels feature {bad[0]}, but the SAE at {sae_dir} has 0..{W.shape[0] - 1}")
         return cls(records, W, labels_dir, str(sae_dir))
 
     # ---- the table -------------------------------------------------------------------------------
@@ -63,9 +64,9 @@ class FeatureIndex:
         """Rows of the labelled features of `modality` whose label holds every word of `query` (or whose id
         is `query`) with detection AUROC ≥ `min_auroc` (unscored features only pass at 0)."""
         if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}: use one of {', '.join(MODALITIES)}")
+            raise BadInput(f"unknown modality {modality!r}: use one of {', '.join(MODALITIES)}")
         if not math.isfinite(min_auroc) or not 0 <= min_auroc <= 1:
-            raise ValueError(f"minimum AUROC must be between 0 and 1 (got {min_auroc})")
+            raise BadInput(f"minimum AUROC must be between 0 and 1 (got {min_auroc})")
         words = (query or "").lower().split()
         rows = []
         for f in sorted(self.records):
@@ -107,11 +108,11 @@ class FeatureIndex:
         try:
             f = int(feature)
         except (TypeError, ValueError):
-            raise ValueError(f"feature must be a whole number, got {feature!r}") from None
+            raise BadInput(f"feature must be a whole number, got {feature!r}") from None
         if f != feature and not isinstance(feature, str):
-            raise ValueError(f"feature must be a whole number, got {feature!r}")
+            raise BadInput(f"feature must be a whole number, got {feature!r}")
         if not 0 <= f < self.n_features:
-            raise ValueError(f"feature {f} out of range: this SAE has features 0..{self.n_features - 1}")
+            raise BadInput(f"feature {f} out of range: this SAE has features 0..{self.n_features - 1}")
         return f
 
     def record(self, feature) -> dict:
@@ -119,7 +120,7 @@ class FeatureIndex:
         f = self._check(feature)
         if f not in self.records:
             have = f"{len(self.records)} labelled features" if self.records else "no labels (run `ttslens label`)"
-            raise ValueError(f"feature {f} is not labelled: {self.name or 'this SAE'} has {have}")
+            raise BadInput(f"feature {f} is not labelled: {self.name or 'this SAE'} has {have}")
         return self.records[f]
 
     def card(self, feature, n_examples: int = 10, n_nearest: int = 8) -> dict:
@@ -177,10 +178,10 @@ class FeatureIndex:
         """The audio clip of `feature`'s i-th example, a file inside the labels directory (else ValueError)."""
         examples = self.record(feature).get("examples") or []
         if not isinstance(i, int) or not 0 <= i < len(examples):
-            raise ValueError(f"feature {feature} has no example {i!r} (it has {len(examples)})")
+            raise BadInput(f"feature {feature} has no example {i!r} (it has {len(examples)})")
         rel = examples[i].get("clip")
         if not rel:
-            raise ValueError(f"example {i} of feature {feature} has no audio clip (a text example)")
+            raise BadInput(f"example {i} of feature {feature} has no audio clip (a text example)")
         return self.resolve_clip(str(rel))
 
     def resolve_clip(self, rel: str) -> Path:
@@ -188,11 +189,11 @@ class FeatureIndex:
         (absolute paths, '..', symlinks leading out) and anything that is not an existing .wav file."""
         p = PurePath(rel)
         if p.is_absolute() or ".." in p.parts or "\x00" in rel or p.suffix.lower() != ".wav":
-            raise ValueError(f"refusing clip path {rel!r}: clips are .wav files inside the labels directory")
+            raise BadInput(f"refusing clip path {rel!r}: clips are .wav files inside the labels directory")
         root = self.labels_dir.resolve()
         full = (root / p).resolve()  # follows symlinks
         if not full.is_relative_to(root):
-            raise ValueError(f"refusing clip path {rel!r}: it leads outside the labels directory")
+            raise BadInput(f"refusing clip path {rel!r}: it leads outside the labels directory")
         if not full.is_file():
-            raise ValueError(f"clip {rel!r} is missing from {self.labels_dir}")
+            raise BadInput(f"clip {rel!r} is missing from {self.labels_dir}")
         return full

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from sae.activations import SPECIAL
-from sae.files import atomic_path, atomic_write_json
+from ttslens.sae.activations import SPECIAL
+from ttslens.sae.files import atomic_path, atomic_write_json
 
 
 class Collection(NamedTuple):

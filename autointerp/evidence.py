@@ -11,9 +11,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from audio.clips import Tracks, analyse, clip_measures, cut_clip
-from autointerp.collect import Collection
-from sae.activations import MODALITIES, SPEECH, TEXT
+from ttslens.audio.measures.clips import Tracks, analyse, clip_measures, cut_clip
+from ttslens.autointerp.collect import Collection
+from ttslens.sae.activations import MODALITIES, SPEECH, TEXT
 
 _WORD = re.compile(r"[a-z0-9']+")
 LAUGH_TAGS = ("[laughter]", "<laughter>", "<laugh>")
@@ -39,7 +39,7 @@ class ClipModels:
             for d, p in zip(out, self.gender.p_male(clips, sr), strict=True):
                 d["p_male"] = float(p)
         if self.asr is not None:
-            from audio.asr import words_at
+            from ttslens.audio.measures.asr import words_at
 
             for d, clip, words in zip(out, clips, self.asr.transcribe_batch(clips, sr, max_tokens=32), strict=True):
                 centre = len(clip) / sr / 2

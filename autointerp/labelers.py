@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from autointerp.scoring import auroc
+from ttslens.autointerp.scoring import auroc
 
 MEASURE_LABELS = {
     ("laughter", 1): "laughter",
@@ -268,7 +268,7 @@ class LLMLabeler:
             + (f"\n\nMeasures at the top activations vs random (effect sizes): {enrichment}" if enrichment else "")
             + '\n\nAnswer with JSON only: {"label": "<at most 8 words naming what the feature detects>"}'
         )
-        from autointerp.llm import parse_json_answer
+        from ttslens.autointerp.llm import parse_json_answer
 
         res = self.client.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
         ans = parse_json_answer(res.text, ("label",))
@@ -279,7 +279,7 @@ class LLMLabeler:
 
     def score(self, feature: int, label: dict, pos, neg) -> float:
         """LLM judge: which of a shuffled mix of activating and non-activating examples match the label."""
-        from autointerp.llm import parse_json_answer
+        from ttslens.autointerp.llm import parse_json_answer
 
         if not label.get("label"):
             return math.nan

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ttslens.sae.errors import BadInput
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 FALLBACK_KEY_ENV = "OPENAI_API_KEY"
 MAX_BACKOFF_S = 30.0
@@ -97,7 +99,7 @@ class ChatClient:
         base = cfg.base_url or os.environ.get("TTSLENS_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         self.base_url = (base or DEFAULT_BASE_URL).rstrip("/")
         if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https"):
-            raise ValueError(f"LLM base_url must start with http:// or https://, got {self.base_url!r}")
+            raise BadInput(f"LLM base_url must start with http:// or https://, got {self.base_url!r}")
         self.url = self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
         self.model = cfg.model or os.environ.get("TTSLENS_LLM_MODEL", "")
         self.cache_path = Path(cache_path) if cache_path is not None else None
@@ -127,10 +129,10 @@ class ChatClient:
     def check(self) -> None:
         """Raise ValueError if the model is unset, or the key is unset for a non-local endpoint."""
         if not self.model:
-            raise ValueError("no LLM model: set LLMConfig.model or $TTSLENS_LLM_MODEL")
+            raise BadInput("no LLM model: set LLMConfig.model or $TTSLENS_LLM_MODEL")
         key, env = self._key()
         if key is None and not _is_loopback(self.url):
-            raise ValueError(f"no API key for {self.url}: set ${env} (or ${FALLBACK_KEY_ENV})")
+            raise BadInput(f"no API key for {self.url}: set ${env} (or ${FALLBACK_KEY_ENV})")
 
     # --- cache -----------------------------------------------------------------------------------
 
@@ -187,7 +189,7 @@ class ChatClient:
             **overrides,
         }
         if not body["model"]:
-            raise ValueError("no LLM model: set LLMConfig.model or $TTSLENS_LLM_MODEL")
+            raise BadInput("no LLM model: set LLMConfig.model or $TTSLENS_LLM_MODEL")
         key = self.cache_key(self.base_url, body)
         if self.cache_path is not None:
             with self._lock:

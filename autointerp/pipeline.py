@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audio.clips import MEASURES
-from autointerp.collect import Collection, collect, load_or_collect
-from autointerp.evidence import ClipModels, Evidence, finite
-from autointerp.scoring import cohens_d, log_odds, summarise
-from sae.activations import SPEECH
-from sae.files import atomic_path, atomic_write_json, load_sae, read_cfg, sae_info
+from ttslens.audio.measures.clips import MEASURES
+from ttslens.autointerp.collect import Collection, collect, load_or_collect
+from ttslens.autointerp.evidence import ClipModels, Evidence, finite
+from ttslens.autointerp.scoring import cohens_d, log_odds, summarise
+from ttslens.sae.activations import SPEECH
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import atomic_path, atomic_write_json, load_sae, read_cfg, sae_info
 
 MIN_ITEMS = 8
 
@@ -118,9 +119,9 @@ def parse_features(spec: str, n: int) -> list[int]:
                     raise IndexError
                 out.add(i)
         except IndexError:
-            raise ValueError(f"--features {part!r} is out of range: the SAE has features 0..{n - 1}") from None
+            raise BadInput(f"--features {part!r} is out of range: the SAE has features 0..{n - 1}") from None
         except ValueError:
-            raise ValueError(f"--features {part!r} is not a range like 0:512 or a list like 3,17,40:60") from None
+            raise BadInput(f"--features {part!r} is not a range like 0:512 or a list like 3,17,40:60") from None
     return sorted(out)
 
 
@@ -128,18 +129,18 @@ class Job:
     """Everything one `ttslens label` run needs, shared by its batches (and by forked workers)."""
 
     def __init__(self, cfg: LabelConfig):
-        from audio import load_backbone
+        from ttslens.audio import load_backbone
 
         if not cfg.sae:
-            raise ValueError("give the SAE directory with --sae DIR")
+            raise BadInput("give the SAE directory with --sae DIR")
         if cfg.labeler not in ("evidence", "llm"):
-            raise ValueError(f"unknown --labeler {cfg.labeler!r}: use evidence or llm")
+            raise BadInput(f"unknown --labeler {cfg.labeler!r}: use evidence or llm")
         if not 0 <= cfg.text_share < cfg.speech_share <= 1:
-            raise ValueError("need 0 <= --text-share < --speech-share <= 1")
+            raise BadInput("need 0 <= --text-share < --speech-share <= 1")
         if cfg.top < 2 or cfg.quantiles < 2 or cfg.negatives < 2 or cfg.batch < 1 or cfg.workers < 1:
-            raise ValueError("--top, --quantiles and --negatives must be at least 2; --batch and --workers at least 1")
+            raise BadInput("--top, --quantiles and --negatives must be at least 2; --batch and --workers at least 1")
         if cfg.pool < cfg.top + cfg.negatives:
-            raise ValueError(f"--pool must be at least --top + --negatives = {cfg.top + cfg.negatives}")
+            raise BadInput(f"--pool must be at least --top + --negatives = {cfg.top + cfg.negatives}")
         self.cfg = cfg
         sae_dir = Path(cfg.sae)
         read_cfg(sae_dir)  # clear error if missing
@@ -147,29 +148,29 @@ class Job:
         trained_on, trained_layer = info.get("backbone"), info.get("layer")
         name = cfg.backbone or trained_on
         if not name:
-            raise ValueError(f"{sae_dir} does not say which TTS backbone it was trained on: pass --backbone")
+            raise BadInput(f"{sae_dir} does not say which TTS backbone it was trained on: pass --backbone")
         if trained_on and cfg.backbone and not _same_backbone(cfg.backbone, trained_on):
-            raise ValueError(
+            raise BadInput(
                 f"the SAE in {sae_dir} was trained on backbone {trained_on!r}, not {cfg.backbone!r}: "
                 f"pass --backbone {trained_on} or an SAE trained on {cfg.backbone}"
             )
         self.layer = cfg.layer if cfg.layer >= 0 else trained_layer
         if self.layer is None:
-            raise ValueError(f"{sae_dir} does not say which layer it reads: pass --layer")
+            raise BadInput(f"{sae_dir} does not say which layer it reads: pass --layer")
         if trained_layer is not None and self.layer != trained_layer:
-            raise ValueError(
+            raise BadInput(
                 f"the SAE in {sae_dir} reads layer {trained_layer}, not {self.layer}: drop --layer or use an SAE for it"
             )
         self.sae = load_sae(sae_dir)
         self.bb = load_backbone(name)
         if self.sae.cfg.d_in != self.bb.d_model:
-            raise ValueError(f"the SAE reads width {self.sae.cfg.d_in} but {name} has d_model {self.bb.d_model}")
+            raise BadInput(f"the SAE reads width {self.sae.cfg.d_in} but {name} has d_model {self.bb.d_model}")
         self.features = parse_features(cfg.features, self.sae.cfg.d_sae)
         self.out = Path(cfg.out) if cfg.out else sae_dir / "labels"
         self.skip_special = bool(info.get("train", {}).get("exclude_special", False))
         corpus = self.bb.corpus("all")
         if len(corpus) < MIN_ITEMS:
-            raise ValueError(
+            raise BadInput(
                 f"the {name} corpus has {len(corpus)} utterances; labelling needs at least {MIN_ITEMS} "
                 "(rebuild the backbone with more --utterances)"
             )
@@ -206,7 +207,7 @@ class Job:
             diff = {k: (old.get(k), v) for k, v in stamp.items() if old.get(k) != v}
             if diff:
                 what = ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in diff.items())
-                raise ValueError(
+                raise BadInput(
                     f"{self.out} holds labels made with other settings ({what}): use another --out or delete it"
                 )
         else:
@@ -237,13 +238,13 @@ class Job:
             ),
         )
         if not bool((self.col.modality == SPEECH).any()):
-            raise ValueError("the scanned corpus has no speech positions: is it a TTS corpus with speech tokens?")
+            raise BadInput("the scanned corpus has no speech positions: is it a TTS corpus with speech tokens?")
         models = self._models()
         self.ev = Evidence(self.bb, self.items, self.col, c.clip_s, getattr(self.bb, "laughter_detector", None), models)
         self.asr = models.asr is not None
         if c.labeler == "llm":
-            from autointerp.labelers import LLMLabeler
-            from autointerp.llm import ChatClient, LLMConfig
+            from ttslens.autointerp.labelers import LLMLabeler
+            from ttslens.autointerp.llm import ChatClient, LLMConfig
 
             client = ChatClient(
                 LLMConfig(base_url=c.llm_base_url, model=c.llm_model, api_key_env=c.llm_key_env),
@@ -252,7 +253,7 @@ class Job:
             client.check()
             self.labeler = LLMLabeler(client)
         else:
-            from autointerp.labelers import EvidenceLabeler
+            from ttslens.autointerp.labelers import EvidenceLabeler
 
             self.labeler = EvidenceLabeler()
         self._negative_pool()
@@ -273,13 +274,13 @@ class Job:
         c = self.cfg
         asr = lau = gen = None
         if c.asr:
-            from audio.asr import ASR
+            from ttslens.audio.measures.asr import ASR
 
             asr = ASR.load(c.asr, download=c.download)
             if asr is None:
                 self.notes.append(f"ASR: whisper {c.asr!r} weights are not available here; ASR evidence skipped")
         if c.laughter_model:
-            from audio.classifiers import LaughterClassifier
+            from ttslens.audio.measures.classifiers import LaughterClassifier
 
             lau = LaughterClassifier.load(c.laughter_model, download=c.download)
             if lau is None:
@@ -287,7 +288,7 @@ class Job:
                     f"laughter: {c.laughter_model!r} is not available here; using the backbone's laughter detector"
                 )
         if c.gender_model:
-            from audio.classifiers import GenderClassifier
+            from ttslens.audio.measures.classifiers import GenderClassifier
 
             gen = GenderClassifier.load(c.gender_model, download=c.download)
             if gen is None:
@@ -574,7 +575,7 @@ def run_label(cfg: LabelConfig) -> dict:
     t_done = time.time()
     wanted = set(job.features)
     records = [r for r in read_records(job.out) if r["feature"] in wanted]
-    from autointerp.report import write_outputs
+    from ttslens.autointerp.report import write_outputs
 
     summary = {
         "out": str(job.out),

@@ -18,7 +18,7 @@ import html
 import json
 from pathlib import Path
 
-from sae.files import atomic_path, atomic_write_json
+from ttslens.sae.files import atomic_path, atomic_write_json
 
 
 def write_outputs(job, records: list[dict], summary: dict) -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audio import load_backbone
-from autointerp.pipeline import LabelConfig, run_label
-from sae.activations import SPEECH
-from sae.files import load_sae, sae_info
+from ttslens.audio import load_backbone
+from ttslens.autointerp.pipeline import LabelConfig, run_label
+from ttslens.sae.activations import SPEECH
+from ttslens.sae.files import load_sae, sae_info
 
 RESULTS = Path(__file__).parent / "results"
 ATTRIBUTES = {  # name: (truth column, sign, regex a label must match)

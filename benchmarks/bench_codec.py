@@ -30,7 +30,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 from scipy.signal import lfilter  # noqa: E402
 
-from audio.codec import Codec, CodecConfig, _kmeans, fit_codec  # noqa: E402
+from ttslens.audio.backbones.demo.codec import Codec, CodecConfig, _kmeans, fit_codec  # noqa: E402
 
 SR = 16000
 SENTENCES = [

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audio import load_backbone
-from audio.corpus import LAUGH_TAG, instruct_text
-from audio.measures import measure
+from ttslens.audio import load_backbone
+from ttslens.audio.backbones.demo.corpus_gen import LAUGH_TAG, instruct_text
+from ttslens.audio.measures.signal import measure
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from sae.activations import BatchStream, CachedActivations, take_tokens  # noqa: E402
-from sae.base import SAEConfig  # noqa: E402
-from sae.metrics import evaluate  # noqa: E402
-from sae.synthetic import make_superposition, mean_max_cosine, write_synthetic  # noqa: E402
-from sae.training import TrainConfig, train  # noqa: E402
+from ttslens.sae.activations import BatchStream, CachedActivations, take_tokens  # noqa: E402
+from ttslens.sae.base import SAEConfig  # noqa: E402
+from ttslens.sae.metrics import evaluate  # noqa: E402
+from ttslens.sae.synthetic import make_superposition, mean_max_cosine, write_synthetic  # noqa: E402
+from ttslens.sae.training import TrainConfig, train  # noqa: E402
 
 
 def fit(data: Path, work: Path, name: str, sae: SAEConfig, tokens: int, lr: float):

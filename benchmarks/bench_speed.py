@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 def child(kind: str, arch: str, m: int, n: int) -> None:
     import torch
 
-    from sae.base import SAEConfig, make_sae
+    from ttslens.sae.base import SAEConfig, make_sae
 
     torch.manual_seed(0)
     if kind == "step":  # training step, d=512, F=16384, K=64, batch 4096

@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audio.presets import PresetConfig, resolve_presets  # noqa: E402
-from audio.steer_eval import SteerEvalConfig, run_steer_eval, time_per_token  # noqa: E402
+from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval, time_per_token  # noqa: E402
+from ttslens.audio.steering.presets import PresetConfig, resolve_presets  # noqa: E402
 
 ALPHAS = {
     "laughter": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0],
@@ -123,7 +123,7 @@ def plot(res: dict, path: Path) -> None:
 
 def timing(sae: str, repeats: int = 15) -> None:
     """Median ms per token over `repeats` interleaved 120-token runs, at each preset's strongest alpha."""
-    from audio.steer import SteerableTTS
+    from ttslens.audio.steering.api import SteerableTTS
 
     tts = SteerableTTS.load("demo", sae)
     out = {}

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from sae.synthetic import make_superposition, write_synthetic  # noqa: E402
+from ttslens.sae.synthetic import make_superposition, write_synthetic  # noqa: E402
 
 RUNNERS = {
     "ttslens": (ROOT / ".venv/bin/python", "run_ttslens.py"),

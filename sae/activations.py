@@ -6,7 +6,7 @@ be re-created exactly at a block boundary (that is how `--resume` is bit-identic
 
 - `CachedActivations`: a safetensors file, or a directory of shards, holding `activations` [N, d]
   and optional companions with the same first dimension.
-- `ModelActivations` (in `sae.harvest`): a Hugging Face causal LM + a text dataset, hooked at a layer.
+- `ModelActivations` (in `ttslens.sae.lm.harvest`): a Hugging Face causal LM + a text dataset, hooked at a layer.
 
 `BatchStream` shuffles each block with a generator seeded by (seed, rank, block) and yields
 batches; its position is (source state at block start, block number, batches taken).
@@ -21,6 +21,8 @@ from typing import NamedTuple, Protocol
 
 import torch
 from safetensors import safe_open
+
+from ttslens.sae.errors import BadInput, MissingFile
 
 MODALITIES = ("text", "speech", "special")
 TEXT, SPEECH, SPECIAL = 0, 1, 2
@@ -44,7 +46,7 @@ class ActivationSource(Protocol):
 def check_finite(acts: torch.Tensor, where: str) -> None:
     if not torch.isfinite(acts).all():
         bad = (~torch.isfinite(acts)).any(1).nonzero()[:3].flatten().tolist()
-        raise ValueError(f"activations contain NaN/Inf ({where}, e.g. rows {bad}); drop or re-harvest them")
+        raise BadInput(f"activations contain NaN/Inf ({where}, e.g. rows {bad}); drop or re-harvest them")
 
 
 class CachedActivations:
@@ -58,9 +60,9 @@ class CachedActivations:
         elif self.path.exists():
             files = [self.path]
         else:
-            raise FileNotFoundError(f"activations not found: {self.path} (write them with `ttslens harvest`)")
+            raise MissingFile(f"activations not found: {self.path} (write them with `ttslens harvest`)")
         if not files:
-            raise FileNotFoundError(f"no *.safetensors shards in {self.path} (write them with `ttslens harvest`)")
+            raise MissingFile(f"no *.safetensors shards in {self.path} (write them with `ttslens harvest`)")
         self.files, self.starts = files, [0]
         self.d = 0
         self.meta_keys: list[str] = []
@@ -69,24 +71,24 @@ class CachedActivations:
                 with safe_open(str(f), "pt") as h:
                     keys = list(h.keys())
                     if ACTS_KEY not in keys:
-                        raise ValueError(f"{f} holds no tensor named '{ACTS_KEY}' (found {keys[:5]})")
+                        raise BadInput(f"{f} holds no tensor named '{ACTS_KEY}' (found {keys[:5]})")
                     shape = h.get_slice(ACTS_KEY).get_shape()
                     dtype = h.get_slice(ACTS_KEY).get_dtype()
                     metas = [k for k in keys if k != ACTS_KEY and h.get_slice(k).get_shape()[:1] == shape[:1]]
             except ValueError:
                 raise
             except Exception as e:  # safetensors raises its own error types for corrupt files
-                raise ValueError(f"cannot read activations file {f}: {e} (corrupt or truncated? re-harvest it)") from e
+                raise BadInput(f"cannot read activations file {f}: {e} (corrupt or truncated? re-harvest it)") from e
             if len(shape) != 2 or dtype not in ("F32", "F16", "BF16"):
-                raise ValueError(f"{f}: '{ACTS_KEY}' must be float32/16/bf16 [N, d], got {dtype} {shape}")
+                raise BadInput(f"{f}: '{ACTS_KEY}' must be float32/16/bf16 [N, d], got {dtype} {shape}")
             if self.d and shape[1] != self.d:
-                raise ValueError(f"{f}: width {shape[1]} differs from the other shards ({self.d})")
+                raise BadInput(f"{f}: width {shape[1]} differs from the other shards ({self.d})")
             self.d = shape[1]
             self.meta_keys = metas if f == files[0] else [k for k in self.meta_keys if k in metas]
             self.starts.append(self.starts[-1] + shape[0])
         self.total_rows = self.starts[-1]
         if self.total_rows == 0:
-            raise ValueError(f"{self.path} holds no activation rows")
+            raise BadInput(f"{self.path} holds no activation rows")
         self.lo, hi = window or (0, self.total_rows)
         self.n_rows = hi - self.lo
 
@@ -157,7 +159,7 @@ class BatchStream:
             perm = torch.randperm(acts.shape[0], generator=g)
             n_batches = acts.shape[0] // self.batch_size
             if n_batches == 0:
-                raise ValueError(
+                raise BadInput(
                     f"a data block holds {acts.shape[0]} usable rows, fewer than one batch of {self.batch_size}; "
                     "lower --batch-size or provide more data"
                 )

@@ -15,7 +15,8 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from sae.sparse_ops import dense_preacts, gather_preacts, sparse_decode
+from ttslens.sae.errors import BadInput
+from ttslens.sae.sparse_ops import dense_preacts, gather_preacts, sparse_decode
 
 
 @dataclass
@@ -45,11 +46,11 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown SAE architecture {self.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+            raise BadInput(f"unknown SAE architecture {self.arch!r}; choose one of {sorted(ARCHITECTURES)}")
         if self.d_in < 0 or self.d_sae <= 0:
-            raise ValueError(f"d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
+            raise BadInput(f"d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
         if ARCHITECTURES[self.arch].uses_k and not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be in 1..d_sae={self.d_sae} (got k={self.k}); lower --k or raise --latents")
+            raise BadInput(f"k must be in 1..d_sae={self.d_sae} (got k={self.k}); lower --k or raise --latents")
 
     @property
     def aux_k_eff(self) -> int:
@@ -220,5 +221,5 @@ class SAE(nn.Module):
 
 def make_sae(cfg: SAEConfig) -> SAE:
     if cfg.d_in <= 0:
-        raise ValueError(f"d_in must be positive (got {cfg.d_in})")
+        raise BadInput(f"d_in must be positive (got {cfg.d_in})")
     return ARCHITECTURES[cfg.arch](cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from sae.base import SAE, ForwardOutput, register
+from ttslens.sae.base import SAE, ForwardOutput, register
 
 
 @register

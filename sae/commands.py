@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from sae.activations import BatchStream, CachedActivations, take_tokens
-from sae.files import atomic_write_json, load_sae, sae_info
-from sae.metrics import ce_recovered, evaluate
+from ttslens.sae.activations import BatchStream, CachedActivations, take_tokens
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import atomic_write_json, load_sae, sae_info
+from ttslens.sae.metrics import ce_recovered, evaluate
 
 
 @dataclass
@@ -36,7 +37,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not self.sae:
-            raise ValueError("--sae DIR is required")
+            raise BadInput("--sae DIR is required")
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -52,7 +53,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         _check_width(sae, src.d, activations)
         metrics.update(evaluate(sae, take_tokens(BatchStream(src, 4096, 65536, cfg.seed), cfg.tokens)))
     elif model_id:
-        from sae.harvest import ModelActivations, load_model, load_text_dataset
+        from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
         model, tok = load_model(model_id)
         _check_width(sae, model.config.hidden_size, model_id)
@@ -66,7 +67,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=train.get("context", 256))
             metrics.update(ce_recovered(model, sae, layer, enc["input_ids"], enc["attention_mask"]))
     else:
-        raise ValueError("nothing to evaluate on: pass --activations PATH or --model ID --dataset NAME")
+        raise BadInput("nothing to evaluate on: pass --activations PATH or --model ID --dataset NAME")
     if cfg.out:
         atomic_write_json(cfg.out, metrics)
     return metrics
@@ -74,7 +75,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def _check_width(sae, d: int, where: str) -> None:
     if sae.cfg.d_in != d:
-        raise ValueError(
+        raise BadInput(
             f"SAE d_in={sae.cfg.d_in} does not match the hidden size {d} of {where}; "
             "use the model/layer the SAE was trained on"
         )
@@ -109,13 +110,14 @@ class HarvestConfig:
 
     def __post_init__(self) -> None:
         if not self.model or not self.dataset:
-            raise ValueError("--model and --dataset are required")
+            raise BadInput("--model and --dataset are required")
         if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"--dtype must be float32, float16 or bfloat16 (got {self.dtype!r})")
+            raise BadInput(f"--dtype must be float32, float16 or bfloat16 (got {self.dtype!r})")
 
 
 def run_harvest(cfg: HarvestConfig) -> Path:
-    from sae.harvest import ModelActivations, harvest, load_model, load_text_dataset
+    from ttslens.sae.harvest import harvest
+    from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
     model, tok = load_model(cfg.model, cfg.device)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
@@ -144,9 +146,9 @@ class TextQuickstartConfig:
 
 
 def run_text_quickstart(cfg: TextQuickstartConfig) -> dict:
-    from sae.base import SAEConfig
-    from sae.tiny import build_tiny_lm
-    from sae.training import TrainConfig, train
+    from ttslens.sae.base import SAEConfig
+    from ttslens.sae.lm.tiny import build_tiny_lm
+    from ttslens.sae.training import TrainConfig, train
 
     root = Path(cfg.out)
     if not (root / "model" / "config.json").exists():

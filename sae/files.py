@@ -26,7 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sae.base import SAE, SAEConfig, make_sae
+from ttslens.sae.base import SAE, SAEConfig, make_sae
+from ttslens.sae.errors import BadInput, MissingFile
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 SAELENS_ARCH = {
@@ -114,11 +115,11 @@ def save_sae(sae: SAE, path: str | Path, extra: dict | None = None) -> Path:
 def read_cfg(path: str | Path) -> dict:
     path = Path(path)
     if not (path / CFG).exists():
-        raise FileNotFoundError(f"no SAE at {path}: {CFG} is missing (train one with `ttslens train`)")
+        raise MissingFile(f"no SAE at {path}: {CFG} is missing (train one with `ttslens train`)")
     try:
         return json.loads((path / CFG).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path / CFG} is not valid JSON ({e}); the SAE directory is corrupt") from e
+        raise BadInput(f"{path / CFG} is not valid JSON ({e}); the SAE directory is corrupt") from e
 
 
 def load_sae(path: str | Path, device: str = "cpu") -> SAE:
@@ -127,9 +128,9 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
     cfg = read_cfg(path)
     arch = cfg.get("architecture", "standard")
     if arch not in FROM_SAELENS:
-        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (use one of {sorted(FROM_SAELENS)})")
+        raise BadInput(f"{path}: SAELens architecture {arch!r} is not supported (use one of {sorted(FROM_SAELENS)})")
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(
+        raise BadInput(
             f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
             "fold the normalisation into the weights first"
         )
@@ -140,15 +141,15 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
         else SAEConfig(arch=FROM_SAELENS[arch], d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=int(cfg.get("k") or 1))
     )
     if not (path / WEIGHTS).exists():
-        raise FileNotFoundError(f"no SAE weights at {path / WEIGHTS}")
+        raise MissingFile(f"no SAE weights at {path / WEIGHTS}")
     try:
         with safe_open(str(path / WEIGHTS), "pt") as f:
             sd = {k: f.get_tensor(k).float() for k in f.keys()}
     except Exception as e:
-        raise ValueError(f"cannot read {path / WEIGHTS}: {e} (corrupt or truncated?)") from e
+        raise BadInput(f"cannot read {path / WEIGHTS}: {e} (corrupt or truncated?)") from e
     if "W_enc" in sd:
         if sd["W_enc"].shape != (sae_cfg.d_in, sae_cfg.d_sae):
-            raise ValueError(
+            raise BadInput(
                 f"{path}: W_enc has shape {tuple(sd['W_enc'].shape)}, cfg says [{sae_cfg.d_in}, {sae_cfg.d_sae}]"
             )
         if not cfg.get("apply_b_dec_to_input", True):  # fold: (x - b_dec) W + (b + b_dec W) == x W + b
@@ -161,7 +162,7 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
         sd.setdefault("threshold_updates", torch.tensor(1))
     missing, unexpected = sae.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise BadInput(
             f"{path}: weights do not match architecture {sae_cfg.arch} (missing {missing}, unexpected {unexpected})"
         )
     return sae.to(device).eval()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from sae.base import SAE, ForwardOutput, fvu_loss, register
-from sae.sparse_ops import plain_torch
+from ttslens.sae.base import SAE, ForwardOutput, fvu_loss, register
+from ttslens.sae.errors import BadInput
+from ttslens.sae.sparse_ops import plain_torch
 
 CHUNK_FLOATS = 1 << 21  # ~8 MB of float32 per chunk of [rows, K, d]
 
@@ -78,7 +79,7 @@ class HierarchicalTopKSAE(SAE):
     def encode_sparse(self, x_BD: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         k = k or self.cfg.k
         if not 0 < k <= self.cfg.k:
-            raise ValueError(f"hierarchical SAE serves k in 1..{self.cfg.k} (got k={k})")
+            raise BadInput(f"hierarchical SAE serves k in 1..{self.cfg.k} (got k={k})")
         vals_BK, idx_BK = self.preacts(x_BD).topk(k, dim=1, sorted=True)
         return vals_BK.relu(), idx_BK
 

@@ -16,7 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sae.base import SAE, ForwardOutput, fvu_loss, register
+from ttslens.sae.base import SAE, ForwardOutput, fvu_loss, register
+from ttslens.sae.errors import BadInput
 
 EPS = 1e-12
 
@@ -35,7 +36,7 @@ class KronSAE(SAE):
     def __init__(self, cfg) -> None:
         m, n = cfg.kron_m, cfg.kron_n
         if m <= 0 or n <= 0 or cfg.d_sae % (m * n):
-            raise ValueError(f"kron needs d_sae divisible by kron_m*kron_n={m * n} (got d_sae={cfg.d_sae})")
+            raise BadInput(f"kron needs d_sae divisible by kron_m*kron_n={m * n} (got d_sae={cfg.d_sae})")
         self.m, self.n, self.h = m, n, cfg.d_sae // (m * n)
         super().__init__(cfg)
         del self.W_enc, self.b_enc

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import torch
 
-from sae.activations import MODALITIES
-from sae.base import SAE
+from ttslens.sae.activations import MODALITIES
+from ttslens.sae.base import SAE
 
 
 class Accumulator:
@@ -75,6 +75,24 @@ def evaluate(sae: SAE, batches: Iterable[tuple[torch.Tensor, dict]], encode_kwar
     return out
 
 
+def ce_recovered_with(ce, sae: SAE, layer: int) -> dict[str, float]:
+    """The one CE-recovered: `ce(edits)` is a model's CE under a list of hook edits (`ttslens.sae.hooks`);
+    clean (no edit), the SAE's reconstruction spliced in after `layer` at every position, that residual
+    zero-ablated; CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)."""
+    from ttslens.sae.hooks import Edit
+
+    def splice(h_ND: torch.Tensor) -> torch.Tensor:
+        return sae.reconstruct(h_ND.float()).to(h_ND.dtype)
+
+    clean, spliced, zero = ce([]), ce([Edit(layer, splice)]), ce([Edit(layer, torch.zeros_like)])
+    return {
+        "ce_clean": clean,
+        "ce_sae": spliced,
+        "ce_zero": zero,
+        "ce_recovered": (zero - spliced) / max(zero - clean, 1e-12),
+    }
+
+
 @torch.no_grad()
 def ce_recovered(
     model,
@@ -83,34 +101,14 @@ def ce_recovered(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Next-token CE clean, with the SAE reconstruction spliced in after `layer`, and with that
-    residual zero-ablated; CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)."""
-    from sae.harvest import residual_layers
+    """`ce_recovered_with` for a Hugging Face causal LM's next-token CE (padding excluded)."""
+    from ttslens.sae.hooks import Hooks, residual_layers
 
     layers = residual_layers(model)
+    labels = input_ids.masked_fill(attention_mask == 0, -100) if attention_mask is not None else input_ids
 
-    def run(replace) -> float:
-        def hook(_m, _i, out):
-            h = out[0] if isinstance(out, tuple) else out
-            new = replace(h)
-            return (new, *out[1:]) if isinstance(out, tuple) else new
-
-        handle = layers[layer].register_forward_hook(hook) if replace else None
-        try:
-            labels = input_ids.masked_fill(attention_mask == 0, -100) if attention_mask is not None else input_ids
+    def ce(edits) -> float:
+        with Hooks(layers, edits=edits):
             return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
-        finally:
-            if handle:
-                handle.remove()
 
-    def splice(h):
-        flat = h.reshape(-1, h.shape[-1]).float()
-        return sae.reconstruct(flat).to(h.dtype).view_as(h)
-
-    clean, spliced, zero = run(None), run(splice), run(torch.zeros_like)
-    return {
-        "ce_clean": clean,
-        "ce_sae": spliced,
-        "ce_zero": zero,
-        "ce_recovered": (zero - spliced) / max(zero - clean, 1e-12),
-    }
+    return ce_recovered_with(ce, sae, layer)

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sae.base import SAE, ForwardOutput, fvu_loss, register
+from ttslens.sae.base import SAE, ForwardOutput, fvu_loss, register
 
 
 @register

@@ -27,8 +27,9 @@ from typing import NamedTuple
 
 import torch
 
-from sae.base import SAE
-from sae.files import load_sae, sae_info
+from ttslens.sae.base import SAE
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import load_sae, sae_info
 
 OPS = ("add", "clamp", "ablate", "direction")
 UNITS = ("raw", "unit", "norm")
@@ -47,11 +48,11 @@ class FeatureEdit:
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise ValueError(f"unknown steering op {self.op!r}: use one of {', '.join(OPS)}")
+            raise BadInput(f"unknown steering op {self.op!r}: use one of {', '.join(OPS)}")
         if self.units not in UNITS:
-            raise ValueError(f"unknown direction units {self.units!r}: use one of {', '.join(UNITS)}")
+            raise BadInput(f"unknown direction units {self.units!r}: use one of {', '.join(UNITS)}")
         if not math.isfinite(self.alpha) or not math.isfinite(self.mean_act):
-            raise ValueError(f"steering strength for feature {self.feature} must be a finite number (got {self.alpha})")
+            raise BadInput(f"steering strength for feature {self.feature} must be a finite number (got {self.alpha})")
 
 
 def clip_alpha(alpha: float, what: str = "steering strength") -> float:
@@ -69,7 +70,7 @@ class LayerSteer:
         F = sae.cfg.d_sae
         for e in edits:
             if not 0 <= e.feature < F:
-                raise ValueError(f"feature {e.feature} out of range: this SAE has features 0..{F - 1}")
+                raise BadInput(f"feature {e.feature} out of range: this SAE has features 0..{F - 1}")
         self.sae, self.replace = sae, replace
         self.edits = [
             FeatureEdit(e.feature, e.op, clip_alpha(e.alpha), e.mean_act, e.units) if e.op != "ablate" else e
@@ -93,7 +94,7 @@ class LayerSteer:
                         row = row / row.norm().clamp_min(1e-12)
                     if e.units == "norm":
                         if self.typical_norm is None:
-                            raise ValueError("direction units 'norm' need the typical residual norm of this layer")
+                            raise BadInput("direction units 'norm' need the typical residual norm of this layer")
                         row = row * self.typical_norm
                     s = s + e.alpha * row
             self._shift_D = s
@@ -143,19 +144,19 @@ def parse_steer(spec: str | tuple[object, float]) -> SteerRequest:
         spec = f"{target}={alpha}" if alpha is not None else str(target)
     m = _SPEC.match(str(spec))
     if not m or not m.group(2):
-        raise ValueError(f"cannot read steering {spec!r}: write NAME=ALPHA, e.g. laughter=40 or 361:clamp=5")
+        raise BadInput(f"cannot read steering {spec!r}: write NAME=ALPHA, e.g. laughter=40 or 361:clamp=5")
     layer, target, op, alpha = m.groups()
     op = op or "add"
     if op not in OPS:
-        raise ValueError(f"unknown steering op {op!r} in {spec!r}: use one of {', '.join(OPS)}")
+        raise BadInput(f"unknown steering op {op!r} in {spec!r}: use one of {', '.join(OPS)}")
     if alpha is None and op != "ablate":
-        raise ValueError(f"steering {spec!r} has no strength: write {target}={'' if op == 'add' else op}=ALPHA")
+        raise BadInput(f"steering {spec!r} has no strength: write {target}={'' if op == 'add' else op}=ALPHA")
     try:
         a = float(alpha) if alpha is not None else 0.0
     except ValueError:
-        raise ValueError(f"steering strength in {spec!r} is not a number") from None
+        raise BadInput(f"steering strength in {spec!r} is not a number") from None
     if not math.isfinite(a):
-        raise ValueError(f"steering strength in {spec!r} must be finite")
+        raise BadInput(f"steering strength in {spec!r} must be finite")
     return SteerRequest(target.strip().lower(), op, a, int(layer) if layer else None)
 
 
@@ -192,19 +193,19 @@ def load_steer_saes(dirs, width: int, n_layers: int, model: str, device: str = "
         d = Path(d)
         info = sae_info(d)
         if info.get("layer") is None:
-            raise ValueError(f"SAE {d} records no layer (ttslens.layer in cfg.json): train it with `ttslens train`")
+            raise BadInput(f"SAE {d} records no layer (ttslens.layer in cfg.json): train it with `ttslens train`")
         s, layer = load_sae(d, device), int(info["layer"])
         if s.cfg.d_in != width:
-            raise ValueError(
+            raise BadInput(
                 f"SAE {d} reads width {s.cfg.d_in} but {model} has width {width}: "
                 "it was trained on another model; use an SAE trained on this one"
             )
         if not 0 <= layer < n_layers:
-            raise ValueError(f"SAE {d} is for layer {layer} but {model} has layers 0..{n_layers - 1}")
+            raise BadInput(f"SAE {d} is for layer {layer} but {model} has layers 0..{n_layers - 1}")
         loaded.append(LoadedSAE(d, s, layer, info))
     layers = [s.layer for s in loaded]
     if len(set(layers)) != len(layers):
-        raise ValueError(f"two SAEs for the same layer ({layers}): give at most one SAE per layer")
+        raise BadInput(f"two SAEs for the same layer ({layers}): give at most one SAE per layer")
     return loaded
 
 
@@ -218,7 +219,7 @@ def read_labels(path: str | Path) -> dict[int, dict]:
                 r = json.loads(line)
                 recs[int(r["feature"])] = r
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise ValueError(f"{path}:{n}: not a labels record (re-run `ttslens label`)") from None
+                raise BadInput(f"{path}:{n}: not a labels record (re-run `ttslens label`)") from None
     return recs
 
 
@@ -250,13 +251,13 @@ class SAESteerer:
 
     def sae_at(self, layer: int | None) -> LoadedSAE:
         if not self.saes:
-            raise ValueError("steering needs an SAE: load one (--sae DIR)")
+            raise BadInput("steering needs an SAE: load one (--sae DIR)")
         if layer is None:
             return self.saes[0]
         for s in self.saes:
             if s.layer == layer:
                 return s
-        raise ValueError(f"no SAE loaded for layer {layer}: loaded layers are {[s.layer for s in self.saes]}")
+        raise BadInput(f"no SAE loaded for layer {layer}: loaded layers are {[s.layer for s in self.saes]}")
 
     def search(self, s: LoadedSAE, words: str) -> int | None:
         """The feature with the best detection AUROC whose (confident) label contains `words`."""
@@ -284,13 +285,13 @@ class SAESteerer:
         if r.feature is not None:
             s, f = self.sae_at(r.layer), r.feature
             if not 0 <= f < s.sae.cfg.d_sae:
-                raise ValueError(f"feature {f} out of range: the SAE at layer {s.layer} has 0..{s.sae.cfg.d_sae - 1}")
+                raise BadInput(f"feature {f} out of range: the SAE at layer {s.layer} has 0..{s.sae.cfg.d_sae - 1}")
             source = f"feature {f}"
         else:
             candidates = [self.sae_at(r.layer)] if r.layer is not None else self.saes
             found = [(s, f) for s in candidates if (f := self.search(s, r.target)) is not None]
             if not found:
-                raise ValueError(self.unknown(r.target, candidates))
+                raise BadInput(self.unknown(r.target, candidates))
             s, f = found[0]
             source = f"label '{r.target}'"
         units = "norm" if self.typical_norm(s) else "unit"

@@ -13,8 +13,8 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import save_file
 
-from sae.activations import ACTS_KEY
-from sae.files import atomic_path
+from ttslens.sae.activations import ACTS_KEY
+from ttslens.sae.files import atomic_path
 
 
 class Synthetic(NamedTuple):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae.synthetic import make_superposition, write_synthetic
+from ttslens.sae.synthetic import make_superposition, write_synthetic
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def modality_acts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> Path:
     """A tiny Llama + word-level tokenizer + corpus, built and briefly trained locally."""
-    from sae.tiny import build_tiny_lm
+    from ttslens.sae.lm.tiny import build_tiny_lm
 
     return build_tiny_lm(tmp_path_factory.mktemp("tiny"), n_sentences=400, hidden=48, train_steps=40)
 
@@ -41,7 +41,7 @@ def tiny_lm(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_assets(tmp_path_factory):
     """`ttslens demo build --small`, end to end: corpus → codec → laughter detector → LM → assets."""
-    from app.cli import main as cli
+    from ttslens.app.cli import main as cli
 
     work = tmp_path_factory.mktemp("demo_small")
     assert cli(["demo", "build", "--small", "--workdir", str(work)]) == 0
@@ -50,7 +50,7 @@ def small_assets(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small(small_assets):
-    from audio import load_backbone
+    from ttslens.audio import load_backbone
 
     return load_backbone(str(small_assets))
 
@@ -59,7 +59,7 @@ def small(small_assets):
 def steer_sae(tmp_path_factory):
     """A small BatchTopK SAE on the shipped demo backbone's layer 3, with probe presets and labels of
     its first 48 features (SAE_DIR/labels): what the steering API, the CLI and the app read."""
-    from app.cli import main as cli
+    from ttslens.app.cli import main as cli
 
     out = tmp_path_factory.mktemp("steer") / "sae"
     args = ["train", "--backbone", "demo", "--layer", "3", "--latents", "256", "--k", "8", "--tokens", "40000"]

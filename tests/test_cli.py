@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
+from ttslens.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_torchrun_two_processes(synthetic, tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "app.cli",
+        "ttslens.app.cli",
         "train",
         "--activations",
         str(path),

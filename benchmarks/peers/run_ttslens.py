@@ -17,8 +17,8 @@ import torch
 from peer_common import ReconstructFn, emit, evaluate, load_split, parse_args, run_timed, train_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from sae.base import SAEConfig, make_sae  # noqa: E402
-from sae.training.trainer import init_from_batch  # noqa: E402
+from ttslens.sae.base import SAEConfig, make_sae  # noqa: E402
+from ttslens.sae.training.trainer import init_from_batch  # noqa: E402
 
 
 def reconstructor(sae) -> ReconstructFn:
@@ -61,7 +61,7 @@ def main() -> None:
     fvu_init, l0_init = eval_now()
     step_times = run_timed(step, train_batches(train, args.batch_size), args.steps)
     fvu, l0 = eval_now()
-    import sae as pkg
+    import ttslens.sae as pkg
 
     emit(
         args,

@@ -1,6 +1,6 @@
 """SAE training: config, loop, checkpoints, distributed plumbing."""
 
-from sae.training.config import TrainConfig
-from sae.training.trainer import TrainResult, train
+from ttslens.sae.training.config import TrainConfig
+from ttslens.sae.training.trainer import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "train"]

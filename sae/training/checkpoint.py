@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from sae.files import CFG, atomic_torch_save
+from ttslens.sae.errors import BadInput, FileClash, MissingFile
+from ttslens.sae.files import CFG, atomic_torch_save
 
 CKPT = "checkpoint.pt"
 
@@ -16,9 +17,9 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run needs --resume (same config) or --overwrite."""
     has_run = (out / CKPT).exists() or (out / CFG).exists()
     if resume and not (out / CKPT).exists():
-        raise FileNotFoundError(f"--resume: no checkpoint in {out} (start a new run without --resume)")
+        raise MissingFile(f"--resume: no checkpoint in {out} (start a new run without --resume)")
     if has_run and not resume and not overwrite:
-        raise FileExistsError(f"{out} holds another run; pass --resume to continue it or --overwrite to replace it")
+        raise FileClash(f"{out} holds another run; pass --resume to continue it or --overwrite to replace it")
 
 
 def save(out: Path, state: dict) -> None:
@@ -29,11 +30,11 @@ def load(out: Path, identity: dict) -> dict:
     try:
         state = torch.load(out / CKPT, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"cannot read {out / CKPT}: {e} (corrupt? start again with --overwrite)") from e
+        raise BadInput(f"cannot read {out / CKPT}: {e} (corrupt? start again with --overwrite)") from e
     if state["identity"] != identity:
         a, b = _flat(state["identity"]), _flat(identity)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ValueError(
+        raise BadInput(
             f"--resume with a changed config ({', '.join(diff)}); use the original settings "
             "or start a new run with --overwrite"
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from sae.base import SAEConfig
+from ttslens.sae.base import SAEConfig
+from ttslens.sae.errors import BadInput
 
 
 @dataclass
@@ -71,15 +72,15 @@ class TrainConfig:
         if isinstance(self.sae, dict):
             self.sae = SAEConfig.from_dict(self.sae)
         if bool(self.activations) + bool(self.model) + bool(self.backbone) != 1:
-            raise ValueError(
+            raise BadInput(
                 "give exactly one data source: --activations PATH, --model ID --dataset NAME, or --backbone NAME"
             )
         if self.model and not self.dataset:
-            raise ValueError("--model needs --dataset (a hub name or a local text file)")
+            raise BadInput("--model needs --dataset (a hub name or a local text file)")
         if self.tokens < self.batch_size:
-            raise ValueError(f"--tokens {self.tokens} is less than one batch ({self.batch_size}); raise --tokens")
+            raise BadInput(f"--tokens {self.tokens} is less than one batch ({self.batch_size}); raise --tokens")
         if self.batch_size <= 0 or self.lr < 0:
-            raise ValueError("--batch-size must be positive and --lr non-negative")
+            raise BadInput("--batch-size must be positive and --lr non-negative")
 
     @property
     def steps(self) -> int:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from sae.activations import (
+from ttslens.sae.activations import (
     BatchStream,
     CachedActivations,
     StreamState,
@@ -26,12 +26,21 @@ from sae.activations import (
     mean_norm,
     take_tokens,
 )
-from sae.base import SAE, make_sae
-from sae.files import atomic_write_json, save_sae
-from sae.metrics import evaluate
-from sae.training import checkpoint
-from sae.training.config import TrainConfig
-from sae.training.dist import DistInfo, all_sum, barrier, broadcast_float, broadcast_module, check_replicas, setup
+from ttslens.sae.base import SAE, make_sae
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import atomic_write_json, save_sae
+from ttslens.sae.metrics import evaluate
+from ttslens.sae.training import checkpoint
+from ttslens.sae.training.config import TrainConfig
+from ttslens.sae.training.dist import (
+    DistInfo,
+    all_sum,
+    barrier,
+    broadcast_float,
+    broadcast_module,
+    check_replicas,
+    setup,
+)
 
 LOG = "train_log.jsonl"
 
@@ -45,7 +54,7 @@ class TrainResult(NamedTuple):
 def build_source(cfg: TrainConfig):
     """Training source, evaluation source and facts about the data for the SAE's metadata."""
     if cfg.backbone:
-        raise ValueError("a --backbone run needs its source from audio/: use `ttslens train` or audio.train_sae")
+        raise BadInput("a --backbone run needs its source from audio/: use `ttslens train` or audio.train_sae")
     if cfg.activations:
         full = CachedActivations(cfg.activations)
         n = full.total_rows
@@ -57,7 +66,7 @@ def build_source(cfg: TrainConfig):
             eval_src,
             {"dataset_path": cfg.activations, "hook_name": f"layer_{cfg.layer}", "layer": cfg.layer},
         )
-    from sae.harvest import ModelActivations, load_model, load_text_dataset
+    from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
     model, tok = load_model(cfg.model, cfg.device)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
@@ -114,7 +123,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         train_src, eval_src, info = source, source, {"layer": cfg.layer}
     cfg.sae.d_in = train_src.d
     if cfg.batch_size % dist.world:
-        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over {dist.world} processes")
+        raise BadInput(f"--batch-size {cfg.batch_size} must divide evenly over {dist.world} processes")
     local_batch = cfg.batch_size // dist.world
 
     # ---- model, optimiser, data position: fresh or from the checkpoint -------------------------

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.web import AppConfig, Studio, activation_figure, build_app, card_html, n_features, parse_alphas
-from autointerp.browse import FeatureIndex
-from sae.base import SAEConfig, make_sae
-from sae.files import save_sae
+from ttslens.app.web import AppConfig, Studio, activation_figure, build_app, card_html, n_features, parse_alphas
+from ttslens.autointerp.browse import FeatureIndex
+from ttslens.sae.base import SAEConfig, make_sae
+from ttslens.sae.files import save_sae
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -182,11 +182,11 @@ def test_dose_response(studio, monkeypatch):
     assert png.is_file() and png.is_relative_to(studio.work) and Path(r["csv"]).is_file()
     assert len(seen) == 6 and seen[-1][0] == pytest.approx(1.0)
     assert [f for f, _ in seen] == sorted(f for f, _ in seen)
-    # the contract with audio.steer_eval: a fresh dir under the work dir, no ASR, no tqdm bar
-    import audio.steer_eval
+    # the contract with steering.evaluate: a fresh dir under the work dir, no ASR, no tqdm bar
+    import ttslens.audio.steering.evaluate as steer_eval
 
     got = []
-    monkeypatch.setattr(audio.steer_eval, "run_steer_eval", lambda cfg, progress=None: got.append(cfg) or {"png": ""})
+    monkeypatch.setattr(steer_eval, "run_steer_eval", lambda cfg, progress=None: got.append(cfg) or {"png": ""})
     studio.dose("3", "gender", "5", "1,2", voices=3, texts=2, seed=4)
     cfg = got[0]
     assert (cfg.sae, cfg.attribute, cfg.steer, cfg.alphas, cfg.voices, cfg.texts, cfg.seed) == (
@@ -252,7 +252,7 @@ def server(steer_sae, tmp_path_factory):
     work = tmp_path_factory.mktemp("app_server")
     port = _free_port()
     log = work / "server.log"
-    cmd = [sys.executable, "-m", "app.cli", "app", "--sae", str(steer_sae), "--port", str(port)]
+    cmd = [sys.executable, "-m", "ttslens.app.cli", "app", "--sae", str(steer_sae), "--port", str(port)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen(

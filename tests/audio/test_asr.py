@@ -12,8 +12,8 @@ import torch
 
 whisper = pytest.importorskip("whisper")
 
-from audio import asr  # noqa: E402
-from audio.asr import ASR, Word, words_at  # noqa: E402
+from ttslens.audio.measures import asr  # noqa: E402
+from ttslens.audio.measures.asr import ASR, Word, words_at  # noqa: E402
 
 DIMS = whisper.model.ModelDimensions(
     n_mels=80,

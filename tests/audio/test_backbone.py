@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.cli import main as cli
-from audio import Intervention, load_backbone
-from audio.demo.backbone import ASSETS, DemoBackbone
-from sae.activations import SPECIAL, SPEECH, TEXT
+from ttslens.app.cli import main as cli
+from ttslens.audio import Intervention, load_backbone
+from ttslens.audio.backbones.demo.backbone import ASSETS, DemoBackbone
+from ttslens.sae.activations import SPECIAL, SPEECH, TEXT
 
 
 def test_small_build_writes_a_loadable_backbone(small_assets, small):

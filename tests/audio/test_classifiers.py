@@ -13,8 +13,8 @@ from transformers import (
     Wav2Vec2ForSequenceClassification,
 )
 
-from audio import classifiers
-from audio.classifiers import AudioClassifier, GenderClassifier, LaughterClassifier, fit_calibration
+from ttslens.audio.measures import classifiers
+from ttslens.audio.measures.classifiers import AudioClassifier, GenderClassifier, LaughterClassifier, fit_calibration
 
 SR = 22050
 AST_LABELS = {0: "Speech", 1: "Laughter", 2: "Giggle", 3: "Male speech, man speaking"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.signal import lfilter
 
-from audio.codec import Codec, CodecConfig, fit_codec, frame_features
+from ttslens.audio.backbones.demo.codec import Codec, CodecConfig, fit_codec, frame_features
 
 SR, HOP = 16000, 640
 TONE = (0.3, 1.3)  # seconds: where the voiced part of each test signal is

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import find_peaks
 
-from audio.corpus import (
+from ttslens.audio.backbones.demo.corpus_gen import (
     LAUGH_TAG,
     build_corpus,
     instruct_text,
@@ -16,8 +16,8 @@ from audio.corpus import (
     parse_instruct,
     sample_utterance,
 )
-from audio.espeak import VOICE_BY_NAME, VOICES, render_laugh, speak
-from audio.sentences import ALLOWED, SentenceGenerator
+from ttslens.audio.backbones.demo.espeak import VOICE_BY_NAME, VOICES, render_laugh, speak
+from ttslens.audio.backbones.demo.sentences import ALLOWED, SentenceGenerator
 
 SR = 16000
 
@@ -87,8 +87,9 @@ def test_laugh_is_bursty(seed):
     assert len(peaks) >= 3
     rate = 100.0 / np.median(np.diff(peaks))
     assert 3.0 <= rate <= 7.0
-    assert np.array_equal(x, render_laugh(np.random.default_rng(seed), 110.0 if seed % 2 else 210.0,
-                                          "male" if seed % 2 else "female"))
+    assert np.array_equal(
+        x, render_laugh(np.random.default_rng(seed), 110.0 if seed % 2 else 210.0, "male" if seed % 2 else "female")
+    )
 
 
 def test_build_corpus_resume_and_load(tmp_path):
@@ -133,8 +134,17 @@ def test_instruct_round_trip():
 def test_load_corpus_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="truth.jsonl"):
         load_corpus(tmp_path)
-    good = {"id": "utt000000", "text": "hi there.", "instruct": None, "voice": "f1", "gender": "female",
-            "rate_wpm": 150, "laughter": [], "spontaneous": False, "duration": 1.0}
+    good = {
+        "id": "utt000000",
+        "text": "hi there.",
+        "instruct": None,
+        "voice": "f1",
+        "gender": "female",
+        "rate_wpm": 150,
+        "laughter": [],
+        "spontaneous": False,
+        "duration": 1.0,
+    }
     (tmp_path / "truth.jsonl").write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(ValueError, match="line 2") as err:
         load_corpus(tmp_path)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from audio import measures as M
-from audio.laughter import FEATURE_NAMES, LaughterDetector, fit_laughter_detector, window_labels
+from ttslens.audio.backbones.demo.laughter import FEATURE_NAMES, LaughterDetector, fit_laughter_detector, window_labels
+from ttslens.audio.measures import signal as M
 
 SR = 16000
 VOWEL_A = ((700, 90), (1200, 110), (2600, 160))

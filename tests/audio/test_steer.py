@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from app.cli import main as cli
-from audio.backbone import Intervention
-from audio.presets import FILE, preset_edits, read_presets
-from audio.steer import SteerableTTS
-from sae.activations import SPEECH, TEXT
-from sae.steering import FeatureEdit, LayerSteer
+from ttslens.app.cli import main as cli
+from ttslens.audio.backbones.base import Intervention
+from ttslens.audio.steering.api import SteerableTTS
+from ttslens.audio.steering.presets import FILE, preset_edits, read_presets
+from ttslens.sae.activations import SPEECH, TEXT
+from ttslens.sae.steering import FeatureEdit, LayerSteer
 
 TEXT_ = "we will meet at the station after lunch."
 
@@ -102,7 +102,7 @@ def test_presets_are_saved_with_the_sae_and_resolve(tts, steer_sae, tmp_path):
 def test_presets_from_labels_and_staleness(steer_sae, tmp_path):
     import shutil
 
-    from audio.presets import label_presets
+    from ttslens.audio.steering.presets import label_presets
 
     sae = tmp_path / "sae"
     shutil.copytree(steer_sae, sae)
@@ -122,13 +122,29 @@ def test_presets_from_labels_and_staleness(steer_sae, tmp_path):
             "mean_act": 1.0,
             "alternatives": [["speech:measure:p_male:+", 0.8]],
         },
-        {"feature": 3, "modality": "speech", "hypothesis": "speech:measure:p_male:-", "mean_act": 1.5,
-         "selection_auroc": 0.8},
-        {"feature": 6, "modality": "speech", "hypothesis": "speech:measure:p_male:-", "mean_act": 1.5,
-         "selection_auroc": 0.7, "confident": False},
+        {
+            "feature": 3,
+            "modality": "speech",
+            "hypothesis": "speech:measure:p_male:-",
+            "mean_act": 1.5,
+            "selection_auroc": 0.8,
+        },
+        {
+            "feature": 6,
+            "modality": "speech",
+            "hypothesis": "speech:measure:p_male:-",
+            "mean_act": 1.5,
+            "selection_auroc": 0.7,
+            "confident": False,
+        },
         {"feature": 4, "modality": "text", "hypothesis": "speech:measure:laughter:+", "mean_act": 1.5},
-        {"feature": 5, "modality": "speech", "hypothesis": "speech:measure:syllable_rate:+", "mean_act": 1.0,
-         "scores": {"detection_auroc": 0.8}},
+        {
+            "feature": 5,
+            "modality": "speech",
+            "hypothesis": "speech:measure:syllable_rate:+",
+            "mean_act": 1.0,
+            "scores": {"detection_auroc": 0.8},
+        },
     ]
     labels.write_text("\n".join(json.dumps(r) for r in recs))
     p = label_presets(labels, 3)

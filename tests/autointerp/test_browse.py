@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from autointerp.browse import FeatureIndex, split_window
-from sae.base import SAEConfig, make_sae
-from sae.files import save_sae
+from ttslens.autointerp.browse import FeatureIndex, split_window
+from ttslens.sae.base import SAEConfig, make_sae
+from ttslens.sae.files import save_sae
 
 F, D = 12, 8
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from app.cli import main as cli
-from autointerp.pipeline import Job, LabelConfig, run_label
 from tests.audio.test_asr import checkpoint  # noqa: F401  (fixtures: tiny random models built there)
 from tests.audio.test_classifiers import ast_dir, gender_dir  # noqa: F401
+from ttslens.app.cli import main as cli
+from ttslens.autointerp.pipeline import Job, LabelConfig, run_label
 
 OFFLINE = ["--asr", "", "--laughter-model", "", "--gender-model", "", "--no-progress"]
 KEY = "sk-label-test-SECRET-42"
@@ -117,7 +117,7 @@ def test_bad_input_gets_one_line_errors(small_sae, small_assets, tmp_path, capsy
 
 
 def test_tiny_corpus_is_refused(small_sae, tmp_path, monkeypatch):
-    from audio.demo.backbone import DemoBackbone
+    from ttslens.audio.backbones.demo.backbone import DemoBackbone
 
     real = DemoBackbone.corpus
     monkeypatch.setattr(DemoBackbone, "corpus", lambda self, split="train": real(self, split)[:3])
@@ -204,8 +204,8 @@ def test_llm_labeler_labels_judges_and_records_failures(small_sae, tmp_path, mon
 
 def test_clip_measures_read_the_utterance_like_the_cut_clip(small):
     """Track-based clip measures agree with measuring the cut clip itself."""
-    from audio.clips import analyse, clip_measures, cut_clip
-    from audio.measures import pitch
+    from ttslens.audio.measures.clips import analyse, clip_measures, cut_clip
+    from ttslens.audio.measures.signal import pitch
 
     item = small.corpus("train")[0]
     wave = small.decode(item.tokens)
@@ -228,8 +228,18 @@ def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path, checkpoint, a
     out = tmp_path / "labels"
     summary = run_label(
         LabelConfig(
-            sae=str(small_sae), out=str(out), features="0:3", items=40, top=3, quantiles=3, negatives=4, pool=12,
-            asr=str(checkpoint), laughter_model=str(ast_dir), gender_model=str(gender_dir), progress=False,
+            sae=str(small_sae),
+            out=str(out),
+            features="0:3",
+            items=40,
+            top=3,
+            quantiles=3,
+            negatives=4,
+            pool=12,
+            asr=str(checkpoint),
+            laughter_model=str(ast_dir),
+            gender_model=str(gender_dir),
+            progress=False,
         )
     )
     assert not [n for n in summary["notes"] if "not available" in n]

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from autointerp.labelers import EvidenceLabeler, Hypothesis, hypotheses, predict
-from autointerp.pipeline import parse_features
-from autointerp.scoring import auroc, cohens_d, log_odds, summarise
+from ttslens.autointerp.labelers import EvidenceLabeler, Hypothesis, hypotheses, predict
+from ttslens.autointerp.pipeline import parse_features
+from ttslens.autointerp.scoring import auroc, cohens_d, log_odds, summarise
 
 
 def test_auroc_matches_pairwise_definition():

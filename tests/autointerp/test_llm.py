@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from autointerp.llm import ChatClient, ChatResult, LLMConfig, parse_json_answer
+from ttslens.autointerp.llm import ChatClient, ChatResult, LLMConfig, parse_json_answer
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "label feature 7"}]

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-import sae
-from sae.base import SAEConfig, make_sae
-from sae.kron import mand
+from ttslens.sae.base import ARCHITECTURES, SAEConfig, make_sae
+from ttslens.sae.kron import mand
 
 
 def _make(arch, d=12, F=48, k=4, seed=0, **kw):
@@ -28,7 +27,7 @@ def _grads(model, x, dead, plain, monkeypatch):
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("arch", sorted(sae.ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_fast_path_matches_plain_torch(arch, monkeypatch):
     """The sparse kernels give the same loss and gradients as dense autograd."""
     model = _make(arch)
@@ -105,7 +104,7 @@ def test_hierarchical_loss_matches_k_reconstructions():
 
 def test_hierarchical_backward_is_chunked(monkeypatch):
     """Chunk boundaries do not change the loss or gradients."""
-    import sae.hierarchical as H
+    import ttslens.sae.hierarchical as H
 
     model = _make("hierarchical", k=5)
     x = torch.randn(40, 12)
@@ -143,7 +142,7 @@ def test_kron_rejects_bad_shape():
         make_sae(SAEConfig(arch="kron", d_in=8, d_sae=30, k=2))
 
 
-@pytest.mark.parametrize("arch", sorted(sae.ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_fold_scale_preserves_latents(arch):
     model = _make(arch)
     model.eval()

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from sae.base import SAEConfig, make_sae
-from sae.files import load_sae, save_sae
+from ttslens.sae.base import SAEConfig, make_sae
+from ttslens.sae.files import load_sae, save_sae
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -122,7 +122,7 @@ def test_load_errors(tmp_path):
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    from sae.files import atomic_path
+    from ttslens.sae.files import atomic_path
 
     target = tmp_path / "f.txt"
     target.write_text("old")

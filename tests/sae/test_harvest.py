@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sae.activations import SPECIAL, TEXT, CachedActivations
-from sae.base import SAEConfig
-from sae.commands import EvalConfig, HarvestConfig, run_eval, run_harvest
-from sae.harvest import layer_output, load_model, residual_layers
-from sae.training import TrainConfig, train
+from ttslens.sae.activations import SPECIAL, TEXT, CachedActivations
+from ttslens.sae.base import SAEConfig
+from ttslens.sae.commands import EvalConfig, HarvestConfig, run_eval, run_harvest
+from ttslens.sae.hooks import layer_output, residual_layers
+from ttslens.sae.lm.harvest import load_model
+from ttslens.sae.training import TrainConfig, train
 
 
 def test_layer_output_is_the_residual_stream(tiny_lm):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from sae import SAEConfig
-from sae.base import make_sae
-from sae.steering import ALPHA_LIMIT, FeatureEdit, LayerSteer, parse_steer, parse_steers
+from ttslens.sae import SAEConfig
+from ttslens.sae.base import make_sae
+from ttslens.sae.steering import ALPHA_LIMIT, FeatureEdit, LayerSteer, parse_steer, parse_steers
 
 
 @pytest.fixture(scope="module")

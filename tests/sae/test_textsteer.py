@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from sae.base import SAEConfig, make_sae
-from sae.files import save_sae
-from sae.harvest import layer_output, residual_layers
-from sae.steering import FeatureEdit, LayerSteer
-from sae.textsteer import TextSteerer
-from sae.training import TrainConfig, train
+from ttslens.sae.base import SAEConfig, make_sae
+from ttslens.sae.files import save_sae
+from ttslens.sae.hooks import layer_output, residual_layers
+from ttslens.sae.lm.steer import TextSteerer
+from ttslens.sae.steering import FeatureEdit, LayerSteer
+from ttslens.sae.training import TrainConfig, train
 
 PROMPT = "the cat sees"
 LABELS = [

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae.base import SAEConfig
-from sae.files import load_sae
-from sae.synthetic import mean_max_cosine
-from sae.training import TrainConfig, checkpoint, train
+from ttslens.sae.base import SAEConfig
+from ttslens.sae.files import load_sae
+from ttslens.sae.synthetic import mean_max_cosine
+from ttslens.sae.training import TrainConfig, checkpoint, train
 
 
 def _cfg(path, out, arch="batchtopk", **kw):

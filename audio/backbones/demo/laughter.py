@@ -34,8 +34,9 @@ from safetensors.numpy import load_file, save_file
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from audio.measures import ABS_FLOOR, YIN_APERIODICITY, as_mono, energy_gate, frame_rms, yin_track
-from sae.files import atomic_path, atomic_write_json
+from ttslens.audio.measures.signal import ABS_FLOOR, YIN_APERIODICITY, as_mono, energy_gate, frame_rms, yin_track
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import atomic_path, atomic_write_json
 
 SR = 16000
 HOP = 160  # 10 ms frames
@@ -186,7 +187,7 @@ class LaughterDetector:
 
     def _logits(self, feats: np.ndarray) -> np.ndarray:
         if self.params is None:
-            raise ValueError("this LaughterDetector is not fitted: use fit_laughter_detector or load")
+            raise BadInput("this LaughterDetector is not fitted: use fit_laughter_detector or load")
         p = self.params
         h = np.maximum(((feats - p["mean"]) / p["std"]) @ p["w1"] + p["b1"], 0.0)
         return (h @ p["w2"] + p["b2"])[:, 0]
@@ -206,7 +207,7 @@ class LaughterDetector:
     def save(self, directory: str | Path) -> Path:
         """Write laughter.safetensors + laughter.json into `directory`, each atomically."""
         if self.params is None:
-            raise ValueError("cannot save an unfitted LaughterDetector")
+            raise BadInput("cannot save an unfitted LaughterDetector")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cfg = {
@@ -230,19 +231,19 @@ class LaughterDetector:
         try:
             cfg = json.loads((directory / CONFIG).read_text())
             if cfg.get("format") != "ttslens.laughter" or cfg.get("features") != FEATURE_NAMES:
-                raise ValueError("written by a different version of the features")
+                raise BadInput("written by a different version of the features")
             params = load_file(str(directory / WEIGHTS))
             n_feat, hidden = len(FEATURE_NAMES), params["w1"].shape[1]
             shapes = {"mean": (n_feat,), "std": (n_feat,), "w1": (n_feat, hidden), "b1": (hidden,)}
             shapes |= {"w2": (hidden, 1), "b2": (1,)}
             for k, shape in shapes.items():
                 if params[k].shape != shape or not np.isfinite(params[k]).all():
-                    raise ValueError(f"bad tensor {k!r}")
+                    raise BadInput(f"bad tensor {k!r}")
             det = cls({k: params[k] for k in PARAMS}, threshold=float(cfg["threshold"]))
             det.window_s, det.hop_s = float(cfg["window_s"]), float(cfg["hop_s"])
         except Exception as e:  # missing, truncated or foreign files
             msg = f"{type(e).__name__}: {e}".replace("\n", " ")
-            raise ValueError(f"cannot load a laughter detector from {directory}: {msg}") from None
+            raise BadInput(f"cannot load a laughter detector from {directory}: {msg}") from None
         return det
 
 
@@ -319,9 +320,9 @@ def fit_laughter_detector(
 ) -> tuple[LaughterDetector, FitReport]:
     """Fit a detector on utterances with known laughter spans (seconds); hold out whole utterances."""
     if len(waves) != len(spans):
-        raise ValueError(f"{len(waves)} waves but {len(spans)} span lists")
+        raise BadInput(f"{len(waves)} waves but {len(spans)} span lists")
     if not 0 <= heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+        raise BadInput(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     det = LaughterDetector()
     torch_threads = torch.get_num_threads()
     feats, labels, loud = [], [], []
@@ -338,7 +339,7 @@ def fit_laughter_detector(
     x_tr = np.concatenate([feats[i][labels[i] >= 0] for i in train])
     y_tr = np.concatenate([labels[i][labels[i] >= 0] for i in train])
     if len(np.unique(y_tr)) < 2:
-        raise ValueError("training windows need both laughter and non-laughter examples")
+        raise BadInput("training windows need both laughter and non-laughter examples")
     try:
         torch.set_num_threads(1)
         det.params = _train_mlp(x_tr, y_tr, hidden, steps, seed)

@@ -15,6 +15,8 @@ from math import gcd
 import numpy as np
 from scipy.signal import lfilter, resample_poly
 
+from ttslens.sae.errors import EnvironmentProblem
+
 ESPEAK_RATE = 22050
 TRIM_KEEP_S = 0.03  # silence kept before the first and after the last audible sample
 LAUGH_PEAK = 0.7
@@ -24,7 +26,7 @@ def require_espeak() -> str:
     """Path of the espeak-ng executable, or a RuntimeError saying how to install it."""
     path = shutil.which("espeak-ng")
     if path is None:
-        raise RuntimeError(
+        raise EnvironmentProblem(
             "espeak-ng not found: install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) "
             "or `brew install espeak-ng`"
         )
@@ -71,7 +73,7 @@ VOICE_BY_NAME = {v.name: v for v in VOICES}
 def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
     """Decode espeak's streamed 16-bit mono WAV (its size fields are placeholders)."""
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise RuntimeError("espeak-ng did not return WAV audio")
+        raise EnvironmentProblem("espeak-ng did not return WAV audio")
     rate = int.from_bytes(data[24:28], "little")
     start = data.find(b"data", 12) + 8
     pcm = np.frombuffer(data[start : start + (len(data) - start) // 2 * 2], dtype="<i2")
@@ -103,7 +105,7 @@ def speak(text: str, voice: Voice, rate_wpm: int, sample_rate: int = 16000) -> n
     cmd += ["-s", str(rate_wpm), "-p", str(voice.pitch)]
     proc = subprocess.run(cmd, input=text.encode(), capture_output=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed on {text!r}: {proc.stderr.decode(errors='replace').strip()}")
+        raise EnvironmentProblem(f"espeak-ng failed on {text!r}: {proc.stderr.decode(errors='replace').strip()}")
     x, rate = _parse_wav(proc.stdout)
     return trim_silence(resample(x, rate, sample_rate), sample_rate)
 

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from audio.demo.backbone import ASSETS
-from audio.demo.lm import DemoLMConfig, Example, build_lm, heldout_loss, train_lm
-from audio.demo.tokenizer import DemoTokenizer
-from sae.files import atomic_path, atomic_write_json
+from ttslens.audio.backbones.demo.backbone import ASSETS
+from ttslens.audio.backbones.demo.lm import DemoLMConfig, Example, build_lm, heldout_loss, train_lm
+from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer
+from ttslens.sae.errors import BadInput, FileClash
+from ttslens.sae.files import atomic_path, atomic_write_json
 
 SMALL_LM = DemoLMConfig(
     d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=128, steps=30, batch_tokens=2048, warmup=5
@@ -58,13 +59,11 @@ class DemoBuildConfig:
         if self.small:
             self.utterances, self.heldout, self.lm = min(self.utterances, 40), min(self.heldout, 8), SMALL_LM
         if self.utterances <= self.heldout + 1:
-            raise ValueError(
-                f"--utterances {self.utterances} leaves nothing to train on after --heldout {self.heldout}"
-            )
+            raise BadInput(f"--utterances {self.utterances} leaves nothing to train on after --heldout {self.heldout}")
 
 
 def _codec_config(cfg: DemoBuildConfig):
-    from audio.codec import CodecConfig
+    from ttslens.audio.backbones.demo.codec import CodecConfig
 
     return CodecConfig(seed=cfg.seed, n_env=16) if cfg.small else CodecConfig(seed=cfg.seed)
 
@@ -103,22 +102,22 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     """Run (or resume) the whole build; returns the metrics also written to build.json."""
     import soundfile as sf
 
-    from audio.codec import Codec, fit_codec
-    from audio.corpus import build_corpus
-    from audio.espeak import require_espeak
-    from audio.laughter import LaughterDetector, fit_laughter_detector
+    from ttslens.audio.backbones.demo.codec import Codec, fit_codec
+    from ttslens.audio.backbones.demo.corpus_gen import build_corpus
+    from ttslens.audio.backbones.demo.espeak import require_espeak
+    from ttslens.audio.backbones.demo.laughter import LaughterDetector, fit_laughter_detector
 
     require_espeak()
     work = Path(cfg.workdir)
     out = Path(cfg.out) if cfg.out else (work / "assets" if cfg.small else ASSETS)
     if cfg.out and out.exists() and any(out.iterdir()) and not cfg.overwrite:  # the default places are ours
-        raise FileExistsError(f"{out} already holds files: pass --overwrite to replace it, or choose another --out")
+        raise FileClash(f"{out} already holds files: pass --overwrite to replace it, or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
     # the corpus, codec, tokens and detector depend on these; the LM is cached per LM config
     data_cfg = {k: getattr(cfg, k) for k in ("small", "utterances", "heldout", "seed")}
     stamp = work / "build_config.json"
     if stamp.exists() and json.loads(stamp.read_text()) != data_cfg:
-        raise ValueError(f"{work} holds a build of another corpus ({stamp}): use another --workdir or delete it")
+        raise BadInput(f"{work} holds a build of another corpus ({stamp}): use another --workdir or delete it")
     atomic_write_json(stamp, data_cfg)
     t_all, metrics = time.perf_counter(), {}
 
@@ -189,7 +188,7 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     examples = _examples(tok, utts, tokens)
     too_long = max(len(e.ids) for e in examples)
     if too_long > cfg.lm.max_positions:
-        raise ValueError(f"an utterance needs {too_long} positions > --max-positions {cfg.lm.max_positions}")
+        raise BadInput(f"an utterance needs {too_long} positions > --max-positions {cfg.lm.max_positions}")
     model = build_lm(tok.vocab_size, cfg.lm, tok.pad, seed=cfg.seed)
     lm_dir = work / ("lm-" + hashlib.sha1(json.dumps(asdict(cfg.lm), sort_keys=True).encode()).hexdigest()[:10])
     if (lm_dir / "lm.safetensors").exists():

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sae.activations import SPEECH, TEXT
+from ttslens.sae.activations import SPEECH, TEXT
+from ttslens.sae.errors import BadInput
 
 SCOPES = ("speech", "text", "all", "generated")
 
@@ -60,7 +61,7 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
-            raise ValueError(f"unknown intervention scope {self.scope!r}: use one of {', '.join(SCOPES)}")
+            raise BadInput(f"unknown intervention scope {self.scope!r}: use one of {', '.join(SCOPES)}")
 
     def mask(self, modality: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         if self.scope == "generated":
@@ -101,7 +102,7 @@ class _Hooks:
         n = len(layers)
         for iv in self.interventions:
             if not 0 <= iv.layer < n:
-                raise ValueError(f"intervention layer {iv.layer} out of range: the backbone has {n} layers")
+                raise BadInput(f"intervention layer {iv.layer} out of range: the backbone has {n} layers")
         self.handles = [
             layers[i].register_forward_hook(self._hook(i))
             for i in sorted({iv.layer for iv in self.interventions} | set(self.record))
@@ -221,7 +222,7 @@ class TTSBackbone:
         """`seq` followed by speech tokens, timed from the speech already in `seq`."""
         tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.n_speech):
-            raise ValueError(f"speech tokens must lie in 0..{self.n_speech - 1}")
+            raise BadInput(f"speech tokens must lie in 0..{self.n_speech - 1}")
         start = int((seq.modality == SPEECH).sum())
         n = tokens.numel()
         return TTSSequence(
@@ -233,7 +234,7 @@ class TTSBackbone:
 
     def check_length(self, n: int, what: str = "the sequence") -> None:
         if n > self.max_positions:
-            raise ValueError(
+            raise BadInput(
                 f"{what} needs {n} positions but {self.name} reads at most {self.max_positions}: "
                 "shorten the text (split it into sentences)"
             )

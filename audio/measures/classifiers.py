@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from scipy.special import expit, log_softmax
 
-from audio.measures import as_mono
+from ttslens.audio.measures.signal import as_mono
+from ttslens.sae.errors import BadInput
 
 DEFAULT_AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
 DEFAULT_GENDER = "alefiury/wav2vec2-large-xlsr-53-gender-recognition-librispeech"
@@ -139,7 +140,7 @@ class AudioClassifier:
         found = [index[n.lower()] for n in names if n.lower() in index]
         if not found:
             shown = ", ".join(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
-            raise ValueError(f"{self.name} has none of the labels {names} (it has {shown}): use a model that does")
+            raise BadInput(f"{self.name} has none of the labels {names} (it has {shown}): use a model that does")
         return found
 
 
@@ -183,9 +184,9 @@ def fit_calibration(p_raw: np.ndarray, labels: np.ndarray, steps: int = 200) -> 
     p = np.asarray(p_raw, np.float64).ravel()
     y = np.asarray(labels, np.float64).ravel()
     if p.shape != y.shape:
-        raise ValueError(f"p_raw and labels differ in length ({p.size} vs {y.size}): pass one label per clip")
+        raise BadInput(f"p_raw and labels differ in length ({p.size} vs {y.size}): pass one label per clip")
     if not np.isin(y, (0, 1)).all() or y.min() == y.max():
-        raise ValueError("labels must be 0/1 with both classes present: calibration needs positives and negatives")
+        raise BadInput("labels must be 0/1 with both classes present: calibration needs positives and negatives")
     eps = 1e-7
     x = np.log(np.clip(p, eps, 1 - eps)) - np.log1p(-np.clip(p, eps, 1 - eps))
     design = np.stack([x, np.ones_like(x)], axis=1)
@@ -217,7 +218,7 @@ class GenderClassifier:
         self.clf = clf
         males = [i for i, label in enumerate(clf.labels) if label.lower() == "male"]
         if not males:
-            raise ValueError(f"{clf.name} has no label named 'male' (it has {clf.labels}): use a gender classifier")
+            raise BadInput(f"{clf.name} has no label named 'male' (it has {clf.labels}): use a gender classifier")
         self.male = males[0]
 
     @classmethod

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.activations import SPEECH
-from sae.files import atomic_write_json, sae_info
-from sae.steering import load_steer_saes
+from ttslens.sae.activations import SPEECH
+from ttslens.sae.errors import BadInput, MissingFile
+from ttslens.sae.files import atomic_write_json, sae_info
+from ttslens.sae.steering import load_steer_saes
 
 PRESETS = {
     "laughter": "+ laughter",
@@ -107,7 +108,7 @@ def _labels_of(item, tf_seq, bb) -> dict[str, np.ndarray]:
     if "gender" in truth and "rate_wpm" in truth and "laughter" in truth:
         male, wpm, spans = float(truth["gender"] == "male"), float(truth["rate_wpm"]), truth["laughter"]
     else:  # no truth: what the audio measures hear
-        from audio.measures import measure
+        from ttslens.audio.measures.signal import measure
 
         wave = bb.decode(item.tokens)
         m = measure(wave, bb.sample_rate, getattr(bb, "laughter_detector", None))
@@ -130,7 +131,7 @@ def probe_presets(
 
     corpus = bb.corpus("train")
     if not corpus:
-        raise ValueError(f"backbone {bb.name} has no corpus to fit probes on: use --source labels")
+        raise BadInput(f"backbone {bb.name} has no corpus to fit probes on: use --source labels")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(corpus), size=min(items, len(corpus)), replace=False)
     rows, cols, vals, labels = [], [], [], {k: [] for k in PRESETS}
@@ -165,7 +166,7 @@ def probe_presets(
             y = (y >= hi).astype(np.float32)
         X, t = Zs[keep], y[keep]
         if len(np.unique(t)) < 2:
-            raise ValueError(f"the probe for {name} has only one class in {items} utterances: raise --items")
+            raise BadInput(f"the probe for {name} has only one class in {items} utterances: raise --items")
         clf = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=0.05, max_iter=500, class_weight="balanced")
         clf.fit(X, t)
         coef = clf.coef_[0]
@@ -211,20 +212,20 @@ def label_presets(labels_path: str | Path, n_features: int = 3) -> dict:
                 [{"feature": f, "auroc": round(s, 4), "mean_act": round(z, 4)} for s, f, z in found[:n_features]]
             )
         if not sides[0]:
-            raise ValueError(f"no feature in {labels_path} is labelled as {name}: use --source probe")
+            raise BadInput(f"no feature in {labels_path} is labelled as {name}: use --source probe")
         out[name] = {"plus": sides[0], "minus": sides[1] if keys[1] else []}
     return out
 
 
 def resolve_presets(cfg: PresetConfig) -> dict:
     """Compute (or read, when current) the presets of `cfg.sae` and save them in SAE_DIR/presets.json."""
-    from audio import load_backbone
+    from ttslens.audio import load_backbone
 
     sae_dir = Path(cfg.sae)
     if not cfg.sae:
-        raise ValueError("no SAE given: pass --sae DIR")
+        raise BadInput("no SAE given: pass --sae DIR")
     if cfg.source not in ("auto", "probe", "labels"):
-        raise ValueError(f"unknown preset source {cfg.source!r}: use auto, probe or labels")
+        raise BadInput(f"unknown preset source {cfg.source!r}: use auto, probe or labels")
     info = sae_info(sae_dir)
     saved = read_presets(sae_dir)
     if saved and not cfg.force and cfg.source in ("auto", saved.get("source")):
@@ -235,7 +236,7 @@ def resolve_presets(cfg: PresetConfig) -> dict:
     mean_act = None
     if source == "labels":
         if not labels.exists():
-            raise FileNotFoundError(f"no labels at {labels}: run `ttslens label --sae {sae_dir}` or use --source probe")
+            raise MissingFile(f"no labels at {labels}: run `ttslens label --sae {sae_dir}` or use --source probe")
         presets = label_presets(labels, cfg.features)
     else:
         bb = load_backbone(cfg.backbone or info.get("backbone") or "demo")
@@ -279,6 +280,6 @@ def check_trained_on(info: dict, bb, sae_dir) -> None:
     """One clear line when an SAE records another backbone (by name) than the one given."""
     trained_on = str(info.get("backbone") or "")
     if trained_on and "/" not in trained_on and trained_on != bb.name:  # a name, not a build directory
-        raise ValueError(
+        raise BadInput(
             f"SAE {sae_dir} was trained on backbone {trained_on!r}, not {bb.name!r}: pass --backbone {trained_on}"
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ttslens.sae.errors import BadInput
+
 SPECIALS = ("<pad>", "<sos>", "<endofprompt>", "<task>", "<eos>")
 TAGS = ("[laughter]",)
 CHARS = " abcdefghijklmnopqrstuvwxyz.,?!'-"
@@ -38,14 +40,14 @@ class DemoTokenizer:
         """Ids of a text (or instruct); raises ValueError naming any problem."""
         text = self.normalize(text)
         if not text:
-            raise ValueError(f"empty {what}: give at least one word")
+            raise BadInput(f"empty {what}: give at least one word")
         ids: list[int] = []
         pos = 0
         for m in _TAG.finditer(text):
             ids += self._chars(text[pos : m.start()], what)
             tag = f"[{m.group(1).strip()}]"
             if tag not in TAGS:
-                raise ValueError(f"unknown tag {m.group(0)!r} in the {what}: the demo backbone knows {', '.join(TAGS)}")
+                raise BadInput(f"unknown tag {m.group(0)!r} in the {what}: the demo backbone knows {', '.join(TAGS)}")
             ids.append(self.index[tag])
             pos = m.end()
         ids += self._chars(text[pos:], what)
@@ -53,11 +55,11 @@ class DemoTokenizer:
 
     def _chars(self, s: str, what: str) -> list[int]:
         if "[" in s or "]" in s:
-            raise ValueError(f"malformed tag in the {what} near {s.strip()!r}: write tags as [laughter]")
+            raise BadInput(f"malformed tag in the {what} near {s.strip()!r}: write tags as [laughter]")
         bad = sorted({c for c in s if c not in self.index})
         if bad:
             hint = " (spell numbers out)" if any(c.isdigit() for c in bad) else ""
-            raise ValueError(
+            raise BadInput(
                 f"the {what} has characters the demo backbone cannot read: {''.join(bad)!r}{hint}; "
                 f"it reads letters, spaces and {CHARS[27:]!r}"
             )
@@ -73,5 +75,5 @@ class DemoTokenizer:
     def from_dict(cls, d: dict) -> DemoTokenizer:
         tok = cls(int(d["n_speech"]))
         if d.get("text_vocab") != tok.text_vocab:
-            raise ValueError("the tokenizer file does not match this ttslens: rebuild with `ttslens demo build`")
+            raise BadInput("the tokenizer file does not match this ttslens: rebuild with `ttslens demo build`")
         return tok

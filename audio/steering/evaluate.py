@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sae.activations import SPEECH
-from sae.files import atomic_path, atomic_write_json, sae_info
+from ttslens.sae.activations import SPEECH
+from ttslens.sae.errors import BadInput, FileClash
+from ttslens.sae.files import atomic_path, atomic_write_json, sae_info
 
 ATTRIBUTES = {"laughter": "laughter probability", "gender": "P(male)", "rate": "voiced duration (s)"}
 
@@ -73,7 +74,7 @@ def _texts(bb, n: int) -> list[str]:
     pool = [it.text for it in bb.corpus("heldout") if "[" not in it.text and 25 <= len(it.text) <= 90]
     pool += [t for t in FALLBACK_TEXTS if t not in pool]
     if n > len(pool):
-        raise ValueError(f"--texts {n} is more than the {len(pool)} texts available: lower --texts")
+        raise BadInput(f"--texts {n} is more than the {len(pool)} texts available: lower --texts")
     return pool[:n]
 
 
@@ -167,24 +168,24 @@ def attribute_value(attribute: str, m) -> float:
 
 def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] | None = None) -> dict:
     """Run the sweep; `progress(fraction, message)` is called after each synthesis (the app's bar)."""
-    from audio.asr import ASR
-    from audio.commands import write_wav
-    from audio.measures import measure
-    from audio.steer import SteerableTTS
+    from ttslens.audio.commands import write_wav
+    from ttslens.audio.measures.asr import ASR
+    from ttslens.audio.measures.signal import measure
+    from ttslens.audio.steering.api import SteerableTTS
 
     if cfg.attribute not in ATTRIBUTES:
-        raise ValueError(f"unknown attribute {cfg.attribute!r}: use one of {', '.join(ATTRIBUTES)}")
+        raise BadInput(f"unknown attribute {cfg.attribute!r}: use one of {', '.join(ATTRIBUTES)}")
     if not cfg.sae:
-        raise ValueError("no SAE given: pass --sae DIR")
+        raise BadInput("no SAE given: pass --sae DIR")
     if not cfg.alphas or cfg.voices < 1 or cfg.texts < 1:
-        raise ValueError("--alphas, --voices and --texts must each give at least one")
+        raise BadInput("--alphas, --voices and --texts must each give at least one")
     if cfg.voices < 2:
-        raise ValueError("--voices must be at least 2: the content baseline compares re-sampled outputs")
+        raise BadInput("--voices must be at least 2: the content baseline compares re-sampled outputs")
     out = Path(cfg.out or Path(cfg.sae[0]) / "steer_eval" / cfg.attribute)
     out.mkdir(parents=True, exist_ok=True)
     stamp = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")}
     if (out / CONFIG).exists() and json.loads((out / CONFIG).read_text()) != stamp:
-        raise FileExistsError(f"{out} holds a sweep with other settings: pass another --out or delete it")
+        raise FileClash(f"{out} holds a sweep with other settings: pass another --out or delete it")
     atomic_write_json(out / CONFIG, stamp)
 
     tts = SteerableTTS.load(cfg.backbone or sae_info(cfg.sae[0]).get("backbone") or "demo", cfg.sae)

@@ -25,8 +25,10 @@ import scipy.fft
 from scipy.ndimage import binary_closing, binary_opening, uniform_filter1d
 from scipy.signal import find_peaks
 
+from ttslens.sae.errors import BadInput
+
 if TYPE_CHECKING:
-    from audio.laughter import LaughterDetector
+    from ttslens.audio.backbones.demo.laughter import LaughterDetector
 
 HOP_S = 0.01  # frame hop of every track
 GATE_DB = 40.0  # voiced frames lie within this many dB of the loudest frame
@@ -56,23 +58,23 @@ class Measures(NamedTuple):
 def as_mono(wave, sr: int) -> np.ndarray:
     """Validate `wave` and `sr`; return a 1-D float32 copy-free view where possible."""
     if not isinstance(sr, int | np.integer) or sr <= 0:
-        raise ValueError(f"sample rate must be a positive integer, got {sr!r}")
+        raise BadInput(f"sample rate must be a positive integer, got {sr!r}")
     if hasattr(wave, "detach"):  # a torch tensor
         wave = wave.detach().cpu().numpy()
     x = np.asarray(wave)
     if x.ndim > 1:
         x = np.squeeze(x)
     if x.ndim != 1:
-        raise ValueError(f"expected mono audio (1-D), got shape {np.shape(wave)}")
+        raise BadInput(f"expected mono audio (1-D), got shape {np.shape(wave)}")
     if x.size == 0:
-        raise ValueError("empty waveform")
+        raise BadInput("empty waveform")
     if np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float32) / np.iinfo(x.dtype).max
     elif not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"expected a numeric waveform, got dtype {x.dtype}")
+        raise BadInput(f"expected a numeric waveform, got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
-        raise ValueError("waveform contains NaN or inf")
+        raise BadInput("waveform contains NaN or inf")
     return x
 
 
@@ -141,7 +143,7 @@ def pitch(wave, sr: int = 16000, fmin: float = 60.0, fmax: float = 500.0, fast: 
     """F0 track on a 10 ms grid: YIN + energy gate (fast), combined with `librosa.pyin` unless `fast`."""
     x = as_mono(wave, sr)
     if not 0 < fmin < fmax < sr / 4:
-        raise ValueError(f"need 0 < fmin < fmax < sr/4, got fmin={fmin}, fmax={fmax}, sr={sr}")
+        raise BadInput(f"need 0 < fmin < fmax < sr/4, got fmin={fmin}, fmax={fmax}, sr={sr}")
     hop = hop_length(sr)
     n = 1 + len(x) // hop
     gate = energy_gate(frame_rms(x, sr))
@@ -176,7 +178,7 @@ def p_male(f0_hz: float, boundary_hz: float = 165.0, width_octaves: float = 0.15
     if f0_hz is None or math.isnan(f0_hz):
         return math.nan
     if f0_hz <= 0 or boundary_hz <= 0 or width_octaves <= 0:
-        raise ValueError(f"need positive F0, boundary and width, got {f0_hz}, {boundary_hz}, {width_octaves}")
+        raise BadInput(f"need positive F0, boundary and width, got {f0_hz}, {boundary_hz}, {width_octaves}")
     z = math.log2(f0_hz / boundary_hz) / width_octaves
     return 1.0 / (1.0 + math.exp(min(z, 700.0)))
 

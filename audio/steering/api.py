@@ -1,6 +1,6 @@
 """Controlled synthesis, the Python API the CLI and the app call.
 
-    from audio.steer import SteerableTTS
+    from ttslens.audio.steering.api import SteerableTTS
     tts = SteerableTTS.load("demo", sae="runs/demo_l3")
     out = tts.synthesize("that was funny.", steer={"laughter": 40}, seed=0)
     out.wave, out.sample_rate, out.tokens, out.steered      # + out.activations with record=True
@@ -24,9 +24,17 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from audio.backbone import SCOPES, Intervention, TTSBackbone, TTSSequence
-from audio.presets import PRESETS, PresetConfig, check_trained_on, preset_edits, read_presets, resolve_presets
-from sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteerer, SteerRequest, load_steer_saes
+from ttslens.audio.backbones.base import SCOPES, Intervention, TTSBackbone, TTSSequence
+from ttslens.audio.steering.presets import (
+    PRESETS,
+    PresetConfig,
+    check_trained_on,
+    preset_edits,
+    read_presets,
+    resolve_presets,
+)
+from ttslens.sae.errors import BadInput
+from ttslens.sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteerer, SteerRequest, load_steer_saes
 
 
 class Synthesis(NamedTuple):
@@ -52,7 +60,7 @@ class SteerableTTS(SAESteerer):
 
     @classmethod
     def load(cls, backbone: str | TTSBackbone = "demo", sae: str | Path | Sequence | None = None) -> SteerableTTS:
-        from audio import load_backbone
+        from ttslens.audio import load_backbone
 
         bb = load_backbone(backbone) if isinstance(backbone, str) else backbone
         loaded = load_steer_saes(sae, bb.d_model, bb.n_layers, f"backbone {bb.name}")
@@ -89,7 +97,7 @@ class SteerableTTS(SAESteerer):
         if r.target not in PRESETS:
             return None
         if r.op != "add":
-            raise ValueError(f"preset {r.target} takes a strength only (e.g. {r.target}=40), not :{r.op}")
+            raise BadInput(f"preset {r.target} takes a strength only (e.g. {r.target}=40), not :{r.op}")
         s = self.sae_at(r.layer)
         preset = self.presets(s)["presets"][r.target]
         return [
@@ -102,7 +110,7 @@ class SteerableTTS(SAESteerer):
     ) -> list[Intervention]:
         """One Intervention per steered layer, applied at the positions in `scope`."""
         if scope not in SCOPES:
-            raise ValueError(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
+            raise BadInput(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
         return [Intervention(layer, steer, scope) for layer, steer in self.steers(edits, replace).items()]
 
     # ---- synthesis ---------------------------------------------------------------------------------
@@ -122,7 +130,7 @@ class SteerableTTS(SAESteerer):
     ) -> Synthesis:
         """Speak `text` with the edits `steer` names; `record` adds the SAE latents at every position."""
         if not text or not text.strip():
-            raise ValueError("empty text: give the words to speak")
+            raise BadInput("empty text: give the words to speak")
         edits = self.resolve(steer)
         ivs = self.interventions(edits, scope, replace)
         layers = [s.layer for s in self.saes] if record else []
@@ -155,7 +163,7 @@ class SteerableTTS(SAESteerer):
         """Several texts (each with its seed; one int = the same seed for all), one edit set."""
         seeds = [seeds] * len(texts) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
+            raise BadInput(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
         self.resolve(steer)  # fail before any work
         return [self.synthesize(t, steer, s, **kwargs) for t, s in zip(texts, seeds, strict=True)]
 

@@ -1,6 +1,6 @@
 """SAE-feature steering of a Hugging Face text causal LM, the text counterpart of `audio.steer`.
 
-    from sae.textsteer import TextSteerer
+    from ttslens.sae.lm.steer import TextSteerer
     ts = TextSteerer.load("runs/quickstart/model", sae="runs/quickstart/sae")
     out = ts.generate("the cat", steer={"361": 4}, seed=0)
     out.text, out.tokens, out.steered
@@ -26,8 +26,10 @@ from typing import NamedTuple
 
 import torch
 
-from sae.harvest import layer_output, load_model, load_text_dataset, residual_layers
-from sae.steering import LayerSteer, LoadedSAE, ResolvedEdit, SAESteerer, load_steer_saes
+from ttslens.sae.errors import BadInput
+from ttslens.sae.hooks import layer_output, residual_layers
+from ttslens.sae.lm.harvest import load_model, load_text_dataset
+from ttslens.sae.steering import LayerSteer, LoadedSAE, ResolvedEdit, SAESteerer, load_steer_saes
 
 SCOPES = ("all", "generated", "prompt")
 TTS_PRESETS = ("laughter", "gender", "rate")
@@ -107,7 +109,7 @@ class TextSteerer(SAESteerer):
         lm, tok = load_model(model, device)
         loaded = load_steer_saes(sae, lm.config.hidden_size, len(residual_layers(lm)), model, device)
         if not loaded:
-            raise ValueError("no SAE given: pass at least one SAE directory")
+            raise BadInput("no SAE given: pass at least one SAE directory")
         return cls(lm, tok, loaded, device)
 
     # ---- labels and mean activations ---------------------------------------------------------------
@@ -155,10 +157,10 @@ class TextSteerer(SAESteerer):
     def encode(self, prompt: str) -> torch.Tensor:
         """The prompt's token ids [P] (with the tokenizer's special tokens, e.g. <bos>)."""
         if not prompt or not prompt.strip():
-            raise ValueError("empty prompt: give the text to continue")
+            raise BadInput("empty prompt: give the text to continue")
         ids_P = self.tok(prompt, return_tensors="pt")["input_ids"][0]
         if ids_P.numel() == 0:
-            raise ValueError(f"the prompt {prompt!r} encodes to no tokens")
+            raise BadInput(f"the prompt {prompt!r} encodes to no tokens")
         return ids_P
 
     def _eos(self) -> set[int]:
@@ -182,11 +184,11 @@ class TextSteerer(SAESteerer):
         generated), "generated" (the generated tokens' positions: the first new token is drawn unsteered),
         "prompt"."""
         if scope not in SCOPES:
-            raise ValueError(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
+            raise BadInput(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
+            raise BadInput(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
         if not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (got {temperature})")
+            raise BadInput(f"temperature must be a finite number >= 0 (got {temperature})")
         ids_P = self.encode(prompt)
         edits = self.resolve(steer)
         P, eos = ids_P.shape[0], self._eos()

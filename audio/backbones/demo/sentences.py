@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 
-from audio import wordlist as W
+from ttslens.audio.backbones.demo import wordlist as W
+from ttslens.sae.errors import BadInput
 
 ALLOWED = re.compile(r"^[a-z .,?!'\-]+$")
 
@@ -387,7 +388,7 @@ class SentenceGenerator:
     def sentence(self, min_words: int = 3, max_words: int = 20) -> str:
         """One sentence of min_words..max_words words (target length uniform over the range)."""
         if not 1 <= min_words <= max_words:
-            raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+            raise BadInput(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
         target = self.r.randint(min_words, max_words)
         best: list[str] | None = None
         for _ in range(24):

@@ -22,9 +22,10 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from audio.espeak import VOICE_BY_NAME, VOICES, render_laugh, require_espeak, speak
-from audio.sentences import SentenceGenerator
-from sae.files import atomic_path
+from ttslens.audio.backbones.demo.espeak import VOICE_BY_NAME, VOICES, render_laugh, require_espeak, speak
+from ttslens.audio.backbones.demo.sentences import SentenceGenerator
+from ttslens.sae.errors import BadInput, MissingFile
+from ttslens.sae.files import atomic_path
 
 LAUGH_TAG = "[laughter]"
 INSTRUCT_GENDER = {"male": "a man", "female": "a woman"}
@@ -97,11 +98,11 @@ class Utterance:
     def from_json(cls, line: str) -> Utterance:
         d = json.loads(line)
         if not isinstance(d, dict):
-            raise ValueError("not a JSON object")
+            raise BadInput("not a JSON object")
         utt = cls(**d)
         utt.laughter = [(float(a), float(b)) for a, b in utt.laughter]
         if not isinstance(utt.text, str) or not isinstance(utt.voice, str):
-            raise ValueError("text and voice must be strings")
+            raise BadInput("text and voice must be strings")
         return utt
 
 
@@ -260,7 +261,7 @@ def _check_settings(out: Path, settings: CorpusSettings) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != asdict(settings):
-            raise ValueError(f"{out} holds a corpus built with {old}, not {asdict(settings)}: use another out_dir")
+            raise BadInput(f"{out} holds a corpus built with {old}, not {asdict(settings)}: use another out_dir")
     else:
         path.write_text(json.dumps(asdict(settings)) + "\n")
 
@@ -318,7 +319,7 @@ def load_corpus(out_dir: str | Path) -> list[Utterance]:
     """The utterances listed in `out_dir/truth.jsonl`."""
     path = Path(out_dir) / TRUTH
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build the corpus first with audio.corpus.build_corpus")
+        raise MissingFile(f"{path} not found: build the corpus first with audio.corpus.build_corpus")
     utts = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -328,5 +329,5 @@ def load_corpus(out_dir: str | Path) -> list[Utterance]:
                 utts.append(Utterance.from_json(line))
             except (ValueError, TypeError, KeyError, AttributeError) as e:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise ValueError(f"{path} line {lineno} is not a valid utterance ({msg}): rebuild the corpus") from None
+                raise BadInput(f"{path} line {lineno} is not a valid utterance ({msg}): rebuild the corpus") from None
     return utts

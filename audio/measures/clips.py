@@ -18,7 +18,7 @@ import numpy as np
 from scipy.ndimage import binary_closing, uniform_filter1d
 from scipy.signal import find_peaks
 
-from audio.measures import HOP_S, as_mono, frame_rms, hop_length, p_male, pitch
+from ttslens.audio.measures.signal import HOP_S, as_mono, frame_rms, hop_length, p_male, pitch
 
 PEAK_S = 0.06  # half-width of the "at the token" window for pitch and loudness
 MEASURES = (

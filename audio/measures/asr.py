@@ -18,7 +18,8 @@ import librosa
 import numpy as np
 import torch
 
-from audio.measures import as_mono
+from ttslens.audio.measures.signal import as_mono
+from ttslens.sae.errors import BadInput
 
 if TYPE_CHECKING:
     from whisper.model import Whisper
@@ -99,7 +100,7 @@ def _load_whisper(model: str, download: bool, device: str) -> Whisper | None:
     if Path(model).suffix == ".pt" or os.sep in model:
         _skip(model, f"whisper checkpoint {model} does not exist")
         return None
-    raise ValueError(f"unknown whisper model {model!r}: use one of {', '.join(whisper._MODELS)} or a .pt path")
+    raise BadInput(f"unknown whisper model {model!r}: use one of {', '.join(whisper._MODELS)} or a .pt path")
 
 
 class ASR:

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audio.backbone import TTSBackbone, TTSSequence
-from audio.demo.lm import speech_head
-from audio.demo.tokenizer import DemoTokenizer
-from sae.activations import SPECIAL, TEXT
+from ttslens.audio.backbones.base import TTSBackbone, TTSSequence
+from ttslens.audio.backbones.demo.lm import speech_head
+from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer
+from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
+from ttslens.sae.activations import SPECIAL, TEXT
+from ttslens.sae.errors import BadInput, MissingFile
 
 ASSETS = Path(__file__).parent / "assets"
 REBUILD = "reinstall ttslens or rebuild them with `ttslens demo build`"
@@ -28,20 +30,20 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"demo backbone file {path} is missing: {REBUILD}") from None
+        raise MissingFile(f"demo backbone file {path} is missing: {REBUILD}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"demo backbone file {path} is corrupt ({e.__class__.__name__}): {REBUILD}") from None
+        raise BadInput(f"demo backbone file {path} is corrupt ({e.__class__.__name__}): {REBUILD}") from None
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not path.exists():
-        raise FileNotFoundError(f"demo backbone file {path} is missing: {REBUILD}")
+        raise MissingFile(f"demo backbone file {path} is missing: {REBUILD}")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types for truncated / garbled files
-        raise ValueError(f"demo backbone file {path} is corrupt ({e.__class__.__name__}): {REBUILD}") from None
+        raise BadInput(f"demo backbone file {path} is corrupt ({e.__class__.__name__}): {REBUILD}") from None
 
 
 class DemoBackbone(TTSBackbone):
@@ -65,27 +67,27 @@ class DemoBackbone(TTSBackbone):
     def load(cls, path: str | Path | None = None) -> DemoBackbone:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        from audio.codec import Codec
+        from ttslens.audio.backbones.demo.codec import Codec
 
         assets = Path(path) if path else ASSETS
         if not (assets / "lm.safetensors").exists() and not (assets / "build.json").exists():
-            raise FileNotFoundError(f"no demo backbone in {assets}: {REBUILD}")
+            raise MissingFile(f"no demo backbone in {assets}: {REBUILD}")
         config = Qwen2Config.from_dict(_read_json(assets / "lm.json"))
         tok = DemoTokenizer.from_dict(_read_json(assets / "tokenizer.json"))
         if config.vocab_size != tok.vocab_size:
-            raise ValueError(f"demo backbone files in {assets} disagree (vocabulary sizes): {REBUILD}")
+            raise BadInput(f"demo backbone files in {assets} disagree (vocabulary sizes): {REBUILD}")
         model = Qwen2ForCausalLM(config)
         state = _read_tensors(assets / "lm.safetensors")
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         except RuntimeError as e:
-            raise ValueError(f"demo backbone weights in {assets} do not fit its config ({e}): {REBUILD}") from None
+            raise BadInput(f"demo backbone weights in {assets} do not fit its config ({e}): {REBUILD}") from None
         missing = set(model.state_dict()) - set(state)
         if missing:
-            raise ValueError(f"demo backbone weights in {assets} lack {sorted(missing)[:3]}: {REBUILD}")
+            raise BadInput(f"demo backbone weights in {assets} lack {sorted(missing)[:3]}: {REBUILD}")
         codec = Codec.load(assets)
         if codec.vocab_size != tok.n_speech:
-            raise ValueError(f"demo codec and LM in {assets} disagree (speech vocabulary): {REBUILD}")
+            raise BadInput(f"demo codec and LM in {assets} disagree (speech vocabulary): {REBUILD}")
         info = _read_json(assets / "build.json") if (assets / "build.json").exists() else {}
         return cls(model, tok, codec, assets, info)
 
@@ -93,14 +95,14 @@ class DemoBackbone(TTSBackbone):
     def laughter_detector(self):
         """The laughter detector fitted on this backbone's corpus (None if the assets lack one)."""
         if self._laughter is None and self.assets is not None and (self.assets / "laughter.json").exists():
-            from audio.laughter import LaughterDetector
+            from ttslens.audio.backbones.demo.laughter import LaughterDetector
 
             self._laughter = LaughterDetector.load(self.assets)
         return self._laughter
 
     def corpus(self, split: str = "train") -> list:
         """The build corpus as (text, instruct, speech tokens, truth) items: split train | heldout | all."""
-        from audio.harvest import CorpusItem
+        from ttslens.audio.harvest import CorpusItem
 
         if self.assets is None:
             return []
@@ -109,7 +111,7 @@ class DemoBackbone(TTSBackbone):
             tokens = torch.split(flat["tokens"].long(), flat["lengths"].tolist())
             lines = (self.assets / "corpus.jsonl").read_text().splitlines()
             if len(lines) != len(tokens):
-                raise ValueError(f"demo corpus files in {self.assets} disagree (item counts): {REBUILD}")
+                raise BadInput(f"demo corpus files in {self.assets} disagree (item counts): {REBUILD}")
             self._corpus = []
             for line, t in zip(lines, tokens, strict=True):
                 rec = json.loads(line)
@@ -182,3 +184,20 @@ class DemoBackbone(TTSBackbone):
         n_text = int((seq.modality == TEXT).sum())
         n_laugh = int((seq.ids == self.tok.index["[laughter]"]).sum())
         return min(self.max_positions - len(seq), int(3.5 * n_text + 45 * n_laugh + 2 * self.token_rate))
+
+
+def _ready() -> str | None:
+    if not (ASSETS / "lm.safetensors").exists():
+        return f"its assets are missing from {ASSETS}: {REBUILD}"
+    return None
+
+
+register_backbone(
+    BackboneEntry(
+        name="demo",
+        load=lambda path=None, **options: DemoBackbone.load(path, **options),
+        needs="nothing (shipped with ttslens; espeak-ng only to rebuild it)",
+        ready=_ready,
+        claims=lambda p: (p / "lm.json").exists() and (p / "tokenizer.json").exists(),
+    )
+)

@@ -32,7 +32,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from sae.files import atomic_path, atomic_write_json
+from ttslens.sae.errors import BadInput
+from ttslens.sae.files import atomic_path, atomic_write_json
 
 CONFIG_FILE, TENSORS_FILE = "codec.json", "codec.safetensors"
 FORMAT_VERSION = 1
@@ -80,14 +81,14 @@ class CodecConfig:
     def __post_init__(self) -> None:
         self.codebook_split_hz = tuple(sorted(float(f) for f in self.codebook_split_hz))
         if self.sample_rate % self.frame_rate or (self.sample_rate // self.frame_rate) % SUBFRAMES:
-            raise ValueError(
+            raise BadInput(
                 f"sample_rate / frame_rate must be a whole number of samples divisible by {SUBFRAMES} "
                 f"(got {self.sample_rate} / {self.frame_rate})"
             )
         if not 0 < self.f0_min < self.f0_max < self.sample_rate / 4:
-            raise ValueError(f"need 0 < f0_min < f0_max < sample_rate / 4 (got {self.f0_min}, {self.f0_max})")
+            raise BadInput(f"need 0 < f0_min < f0_max < sample_rate / 4 (got {self.f0_min}, {self.f0_max})")
         if self.n_f0_bins < 1 or self.n_env < 1 or self.n_mels < 2:
-            raise ValueError("n_f0_bins, n_env must be >= 1 and n_mels >= 2")
+            raise BadInput("n_f0_bins, n_env must be >= 1 and n_mels >= 2")
 
     @property
     def hop(self) -> int:
@@ -162,7 +163,7 @@ class _Analyser:
         c = self.config
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1:
-            raise ValueError(f"expected a mono waveform [samples], got shape {wave.shape}")
+            raise BadInput(f"expected a mono waveform [samples], got shape {wave.shape}")
         n_frames = -(-len(wave) // c.hop)
         if n_frames == 0:
             return np.zeros(0), np.zeros(0), np.zeros((0, c.n_mels), np.float32)
@@ -286,7 +287,7 @@ class Codec:
         """[n_codebooks, n_env] noise share of voiced frames in each cluster (mean YIN aperiodicity)."""
         shape = (config.n_codebooks, config.n_env)
         if self.centroids.shape != (*shape, config.n_mels) or self.breathiness.shape != shape:
-            raise ValueError(
+            raise BadInput(
                 f"codec tensors have shapes {list(self.centroids.shape)}, {list(self.breathiness.shape)}; "
                 f"the config says {[*shape, config.n_mels]}, {list(shape)}"
             )
@@ -310,13 +311,13 @@ class Codec:
             tokens = tokens.detach().cpu().numpy()
         arr = np.asarray(tokens)
         if arr.ndim != 1:
-            raise ValueError(f"expected a 1-D token sequence, got shape {arr.shape}")
+            raise BadInput(f"expected a 1-D token sequence, got shape {arr.shape}")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+            raise BadInput(f"tokens must be integers, got dtype {arr.dtype}")
         arr = arr.astype(np.int64)
         bad = (arr < 0) | (arr >= self.vocab_size)
         if bad.any():
-            raise ValueError(f"token {int(arr[bad][0])} is out of range [0, {self.vocab_size}) for this codec")
+            raise BadInput(f"token {int(arr[bad][0])} is out of range [0, {self.vocab_size}) for this codec")
         return arr
 
     def token_f0(self, tokens) -> np.ndarray:
@@ -414,14 +415,14 @@ class Codec:
         try:
             meta = json.loads((directory / CONFIG_FILE).read_text())
             if meta.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+                raise BadInput(f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
             known = {f.name for f in fields(CodecConfig)}
             config = CodecConfig(**{k: v for k, v in meta["config"].items() if k in known})
             tensors = load_file(str(directory / TENSORS_FILE))
             return cls(config, tensors["centroids"], tensors["breathiness"])
         except Exception as e:
             reason = " ".join(str(e).split()) or type(e).__name__
-            raise ValueError(
+            raise BadInput(
                 f"codec at {directory} is missing or corrupt ({reason}); re-run `ttslens demo build`"
             ) from None
 
@@ -459,7 +460,7 @@ def fit_codec(
     analyser = _Analyser(config)
     parts = [analyser(wave) for wave in tqdm(waves, desc="codec: analysing", unit="utt", disable=not progress)]
     if sum(len(f0) for f0, _, _ in parts) == 0:
-        raise ValueError("fit_codec needs at least one non-empty waveform")
+        raise BadInput("fit_codec needs at least one non-empty waveform")
     f0, aper, env = (np.concatenate(x) for x in zip(*parts, strict=True))
     book = _codebooks(config)[_f0_bins(f0, config)]
     rng = np.random.default_rng(config.seed)

@@ -1,0 +1,1 @@
+"""Controlled synthesis: the steering API (`api`), presets (`presets`) and dose-response (`evaluate`)."""

@@ -1,0 +1,1 @@
+"""Text causal LMs: harvesting (`harvest`), SAE steering (`steer`), a tiny LM built locally (`tiny`)."""
