@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.errors import BadInput
 
 
@@ -196,7 +197,7 @@ class Studio:
             tick(0.5, "steered synthesis")
             steered = self.tts.synthesize(text, steer, scope=scope, replace=replace, record=bool(self.tts.saes), **kw)
         tick(0.9, "measuring")
-        det = getattr(self.tts.bb, "laughter_detector", None)
+        det = laughter_detector_for(self.tts.bb)
         m0, m1 = (measure(o.wave, o.sample_rate, det) for o in (default, steered))
         names = {
             "duration_s": "duration (s)",

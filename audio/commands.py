@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_path
 
@@ -80,7 +81,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         max_seconds=cfg.max_seconds,
     )
     path = write_wav(cfg.out, out.wave, out.sample_rate)
-    m = measure(out.wave, out.sample_rate, getattr(tts.bb, "laughter_detector", None))
+    m = measure(out.wave, out.sample_rate, laughter_detector_for(tts.bb))
     measured = {k: None if v is None or v != v else round(float(v), 3) for k, v in m._asdict().items()}
     steered = [
         {"layer": e.layer, "feature": e.edit.feature, "op": e.edit.op, "alpha": e.edit.alpha, "from": e.source}

@@ -1,79 +1,91 @@
-"""Residual-stream activations of a TTS backbone, teacher-forced over a corpus of (text, speech tokens).
+"""Residual-stream activations of a TTS backbone, teacher-forced over a corpus (`ttslens.audio.corpus`).
 
-`BackboneActivations` is a source for `sae.activations.BatchStream`: every row carries the modality of
-its position (text / speech / special), the token id, the corpus item and, for speech, its time.
-`train_sae` is `sae.training.train` with `--backbone` resolved here (sae/ never imports audio/).
+`BackboneActivations` is a source for `ttslens.sae.activations.BatchStream`: items go through the
+backbone in padded batches, and every row carries the modality of its position (text / speech /
+special), its token id, the corpus item and, for speech, its time. `train_sae` is
+`ttslens.sae.training.train` with `--backbone` resolved here (ttslens.sae never imports ttslens.audio).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from ttslens.audio.backbones.base import TTSBackbone
+from ttslens.audio.corpus import CorpusItem, load_corpus, with_tokens
 from ttslens.sae.activations import Block
 from ttslens.sae.errors import BadInput
-from ttslens.sae.hooks import check_layer
+from ttslens.sae.hooks import check_layer, hook_name
 
-
-class CorpusItem(NamedTuple):
-    text: str
-    instruct: str | None
-    tokens: torch.Tensor  # [T] speech tokens
-    truth: dict  # whatever the corpus knows (voice, gender, rate, laughter spans, ...)
+__all__ = ["BackboneActivations", "CorpusItem", "backbone_sources", "speech_ce", "train_sae"]
 
 
 class BackboneActivations:
-    """Teacher-forced activations after `layer`, corpus item by item (cycling)."""
+    """Teacher-forced activations after `layer`, corpus item by item (cycling), `batch` items per pass."""
 
-    def __init__(self, backbone: TTSBackbone, items: list[CorpusItem], layer: int) -> None:
+    def __init__(self, backbone: TTSBackbone, items: list[CorpusItem], layer: int, batch: int = 8) -> None:
         check_layer(layer, backbone.n_layers)
         if not items:
             raise BadInput("the corpus is empty")
-        self.backbone, self.items, self.layer, self.d = backbone, items, layer, backbone.d_model
+        self.backbone, self.items, self.layer, self.d, self.batch = backbone, items, layer, backbone.d_model, batch
 
     def start_state(self, rank: int = 0, world: int = 1) -> dict:
         return {"item": rank, "stride": world}
 
+    def item(self, index: int) -> CorpusItem:
+        i = index % len(self.items)
+        it = self.items[i]
+        if it.tokens is None:  # audio only: its speech tokens, once
+            it = self.items[i] = with_tokens(it, self.backbone)
+        return it
+
+    def rows_batch(self, indices: list[int]) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Activations [N, d] and per-row metadata of several corpus items (one padded pass)."""
+        its = [self.item(i) for i in indices]
+        tfs = self.backbone.teacher_forced_batch(
+            [(it.text, it.tokens, it.instruct) for it in its], layers=[self.layer], logits=False
+        )
+        out = []
+        for index, tf in zip(indices, tfs, strict=True):
+            seq = tf.sequence
+            n = len(seq)
+            meta = {
+                "modality": seq.modality,
+                "token_id": seq.token_ids,
+                "item": torch.full((n,), index % len(self.items), dtype=torch.int32),
+                "time": seq.times,
+            }
+            out.append((tf.hidden[self.layer], meta))
+        return out
+
     def rows(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Activations [N, d] of one corpus item and its per-row metadata."""
-        it = self.items[index % len(self.items)]
-        tf = self.backbone.teacher_forced(it.text, it.tokens, it.instruct, layers=[self.layer])
-        seq = tf.sequence
-        n = len(seq)
-        meta = {
-            "modality": seq.modality,
-            "token_id": seq.ids,
-            "item": torch.full((n,), index % len(self.items), dtype=torch.int32),
-            "time": seq.times,
-        }
-        return tf.hidden[self.layer], meta
+        return self.rows_batch([index])[0]
 
     def block(self, state: dict, n_rows: int) -> Block:
         acts, metas, i, total = [], [], state["item"], 0
         while total < n_rows:
-            a, m = self.rows(i)
-            acts.append(a)
-            metas.append(m)
-            total += a.shape[0]
-            i += state["stride"]
+            idx = [i + j * state["stride"] for j in range(self.batch)]
+            for a, m in self.rows_batch(idx):
+                acts.append(a)
+                metas.append(m)
+                total += a.shape[0]
+            i += self.batch * state["stride"]
         meta = {k: torch.cat([m[k] for m in metas]) for k in metas[0]}
         return Block(torch.cat(acts), meta, {"item": i, "stride": state["stride"]})
 
 
-def backbone_sources(name: str, layer: int):
-    """(train source, held-out source, metadata) for `sae.training.train`."""
-    from ttslens.audio import load_backbone
+def backbone_sources(name: str, layer: int, corpus: str | None = None, device: str = "cpu", dtype: str = "float32"):
+    """(train source, held-out source, metadata) for `ttslens.sae.training.train`."""
+    from ttslens.audio.backbones.registry import load_backbone
 
-    bb = load_backbone(name)
-    train_items, held = bb.corpus("train"), bb.corpus("heldout")
+    bb = load_backbone(name, device=device, dtype=dtype)
+    data = load_corpus(corpus, backbone=bb)
+    train_items, held = data.items("train"), data.items("heldout")
     info = {
         "model_name": f"ttslens/{bb.name}" if name == bb.name else name,
         "backbone": name,
         "layer": layer,
-        "hook_name": f"layers.{layer}",
-        "dataset_path": f"{name} corpus (teacher-forced)",
+        "hook_name": hook_name(layer),
+        "dataset_path": f"{corpus or name} corpus (teacher-forced)",
     }
     src = BackboneActivations(bb, train_items, layer)
     return src, BackboneActivations(bb, held or train_items, layer), info
@@ -82,40 +94,38 @@ def backbone_sources(name: str, layer: int):
 @torch.no_grad()
 def speech_ce(backbone: TTSBackbone, sae, layer: int, items: list[CorpusItem]) -> dict[str, float]:
     """Cross-entropy of the speech tokens (and the stop) teacher-forced: clean, with the SAE's
-    reconstruction replacing the residual after `layer` at every position, and with it zeroed;
-    CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)."""
-    from ttslens.audio.backbones.base import Intervention
+    reconstruction replacing the residual after `layer` at every position, and with it zeroed
+    (`ttslens.sae.metrics.ce_recovered_with`)."""
+    from ttslens.sae.metrics import ce_recovered_with
 
-    def ce(interventions) -> float:
+    items = [with_tokens(it, backbone) for it in items]
+    sae_dev = sae.to(backbone.device)
+
+    def ce(edits) -> float:
         total, n = 0.0, 0
         for it in items:
-            tf = backbone.teacher_forced(it.text, it.tokens, it.instruct, interventions=interventions)
-            n_sp = len(it.tokens)
-            logits = tf.logits[-n_sp - 1 :]  # from the last prefix position on
-            targets = torch.cat([it.tokens, torch.tensor([backbone.n_speech])])
-            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            n += n_sp + 1
+            tf = backbone.teacher_forced(it.text, it.tokens, it.instruct, interventions=edits)
+            s, c = backbone.speech_nll(tf, backbone.as_tokens(it.tokens))
+            total, n = total + s, n + c
         return total / n
 
-    recon = Intervention(layer, lambda h: sae.reconstruct(h.float()).to(h.dtype), scope="all")
-    zero = Intervention(layer, torch.zeros_like, scope="all")
-    clean, spliced, zeroed = ce([]), ce([recon]), ce([zero])
-    return {
-        "ce_clean": clean,
-        "ce_sae": spliced,
-        "ce_zero": zeroed,
-        "ce_recovered": (zeroed - spliced) / max(zeroed - clean, 1e-12),
-    }
+    return ce_recovered_with(ce, sae_dev, layer)
 
 
 def train_sae(cfg, progress: bool = True):
-    """`sae.training.train`, resolving `cfg.backbone` to a teacher-forced backbone source; for a
+    """`ttslens.sae.training.train`, resolving `cfg.backbone` to a teacher-forced backbone source; for a
     backbone the metrics add the speech-token CE with the SAE spliced in (held-out items)."""
     from ttslens.sae.training import train
 
     if not cfg.backbone:
         return train(cfg, progress=progress)
-    src, held, info = backbone_sources(cfg.backbone, cfg.layer)
+    src, held, info = backbone_sources(
+        cfg.backbone,
+        cfg.layer,
+        getattr(cfg, "corpus", None),
+        getattr(cfg, "device", "cpu"),
+        getattr(cfg, "model_dtype", "float32"),
+    )
     res = train(cfg, source=(src, held, info), progress=progress)
-    res.metrics["speech_ce"] = speech_ce(held.backbone, res.sae.cpu(), cfg.layer, held.items[:32])
+    res.metrics["speech_ce"] = speech_ce(held.backbone, res.sae, cfg.layer, held.items[:32])
     return res

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ttslens.audio.corpus import load_corpus
+from ttslens.audio.measures import laughter_detector_for
 from ttslens.audio.measures.clips import MEASURES
 from ttslens.autointerp.collect import Collection, collect, load_or_collect
 from ttslens.autointerp.evidence import ClipModels, Evidence, finite
@@ -168,7 +170,7 @@ class Job:
         self.features = parse_features(cfg.features, self.sae.cfg.d_sae)
         self.out = Path(cfg.out) if cfg.out else sae_dir / "labels"
         self.skip_special = bool(info.get("train", {}).get("exclude_special", False))
-        corpus = self.bb.corpus("all")
+        corpus = load_corpus(None, backbone=self.bb).items("all")
         if len(corpus) < MIN_ITEMS:
             raise BadInput(
                 f"the {name} corpus has {len(corpus)} utterances; labelling needs at least {MIN_ITEMS} "
@@ -240,7 +242,7 @@ class Job:
         if not bool((self.col.modality == SPEECH).any()):
             raise BadInput("the scanned corpus has no speech positions: is it a TTS corpus with speech tokens?")
         models = self._models()
-        self.ev = Evidence(self.bb, self.items, self.col, c.clip_s, getattr(self.bb, "laughter_detector", None), models)
+        self.ev = Evidence(self.bb, self.items, self.col, c.clip_s, laughter_detector_for(self.bb), models)
         self.asr = models.asr is not None
         if c.labeler == "llm":
             from ttslens.autointerp.labelers import LLMLabeler

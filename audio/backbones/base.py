@@ -1,24 +1,30 @@
-"""The one seam between ttslens and a TTS language model.
+"""The one seam between ttslens and a TTS language model (interface v2).
 
-A backbone is a decoder transformer whose sequence interleaves text and speech tokens. Everything
-model-specific lives in a subclass of `TTSBackbone`, which supplies five small pieces:
+A backbone is a decoder transformer whose sequence interleaves text and speech. Speech comes in
+*frames*: a frame is `frame_positions` consecutive positions (1 for the demo, CosyVoice3 and CSM;
+7 for Orpheus's SNAC frames), each position carrying `n_codebooks` ids (1, or 32 for CSM, whose
+codebook embeddings are summed). Speech tokens are therefore `[T, C]` (T speech positions).
 
-- `sequence(text, instruct, prompt)`: the interleaved prefix, with a modality and a time per position;
-- `embed(ids, modality)`: input embeddings for positions of that sequence;
-- `forward_embeds(embeds, cache)`: the transformer (last hidden state, new KV cache);
-- `speech_logits(hidden)`: logits over the speech vocabulary plus one final "stop" column;
-- `decode(tokens)`: speech tokens → waveform.
+A subclass supplies the model-specific pieces:
+- `sequence(text, instruct, prompt)` → `TTSSequence` (ids `[N, C]`, modality, time, prompt flag);
+- `speech_ids(tokens_TC, start)`: speech tokens → sequence ids (`start` = index of the first speech
+  position, for backbones whose id ranges depend on the slot in the frame);
+- `embed(ids_BTC, modality_BT)`, `forward(embeds, attention_mask, position_ids, cache)`, `layers()`;
+- `speech_logits(hidden)`: the head that predicts the next speech position (stop ids included);
+- `decode(tokens_TC)` → waveform and, where it has a speech tokenizer, `encode_audio(wave, sr)`.
+Optional: `sample_frame` (its own sampler: history-aware, a depth decoder, slot masks), `is_stop`,
+`speech_nll`, `speech_times`, `default_corpus`, `token_text`, `instruct_mask`, `max_new_tokens`.
 
-On top of these the base class gives every backbone the same teacher-forced pass (for harvesting),
-seeded autoregressive generation under a KV cache, and interventions: edits applied by forward hooks
-on the residual-stream modules, only at the positions their scope names (generated speech by default),
-so a steering vector never touches the text prefix or a voice prompt.
+The base class gives every backbone batched teacher forcing (right padding + attention mask),
+batched seeded generation under a KV cache (left padding), and interventions: edits applied through
+the one hook engine (`ttslens.sae.hooks`) at the positions their scope names, so a steering vector
+never touches the text prefix or a voice prompt. Device and dtype are the model's; sampling draws on
+the CPU from one generator per row (the same seed gives the same sample on any device).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,175 +34,166 @@ from torch import nn
 
 from ttslens.sae.activations import SPEECH, TEXT
 from ttslens.sae.errors import BadInput
+from ttslens.sae.hooks import Hooks, StopForward
+from ttslens.sae.sampling import generators, sample
 
 SCOPES = ("speech", "text", "all", "generated")
+PAD = -1  # modality of padding positions (and the id of unused codebook slots at text positions)
 
 
 class TTSSequence(NamedTuple):
     """An interleaved sequence, one entry per position."""
 
-    ids: torch.Tensor  # [N] long, in the backbone's own id space
+    ids: torch.Tensor  # [N, C] long in the backbone's id space; text/special positions use column 0 (others PAD)
     modality: torch.Tensor  # [N] int8: 0 text, 1 speech, 2 special
-    times: torch.Tensor  # [N] float32: start time (s) of each speech position, nan elsewhere
+    times: torch.Tensor  # [N] float32: time (s) of each speech position's frame, nan elsewhere
     prompt: torch.Tensor  # [N] bool: positions that come from a voice prompt (speech or its text)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """[N] the first id of each position (the text id, or codebook 0's id)."""
+        return self.ids[:, 0]
+
+
+class Positions(NamedTuple):
+    """What the positions of one forward call are: the hook engine's context for a TTS backbone."""
+
+    modality: torch.Tensor  # [B, T] int8 (PAD for padding)
+    prompt: torch.Tensor  # [B, T] bool
+    times: torch.Tensor  # [B, T] float32
+
+
+def scope_mask(
+    scope: str,
+    modality: torch.Tensor,
+    prompt: torch.Tensor,
+    times: torch.Tensor | None = None,
+    include_prompt: bool = False,
+    window: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Positions (any shape) in `scope`: "speech" (a voice prompt's speech only with include_prompt),
+    "text", "all", "generated" (speech the model produces, never a prompt); `window` = (t0, t1) seconds
+    further keeps the speech positions whose time lies in [t0, t1)."""
+    if scope == "generated":
+        m = (modality == SPEECH) & ~prompt
+    elif scope == "speech":
+        m = modality == SPEECH
+    elif scope == "text":
+        m = modality == TEXT
+    else:
+        m = modality != PAD
+    if not include_prompt:
+        m = m & ~prompt
+    if window is not None:
+        t = times if times is not None else torch.full(modality.shape, float("nan"))
+        m = m & (t >= window[0]) & (t < window[1])
+    return m
 
 
 @dataclass
 class Intervention:
     """Edit the residual stream after decoder layer `layer` at the positions in scope.
 
-    `edit` maps the rows in scope, h [n, d], to their replacement [n, d]. Scopes: "speech", the speech
-    positions (a voice prompt's speech only with `include_prompt`); "text", the text prefix; "all";
-    "generated", only the speech the model produces (generated, or appended when teacher-forced),
-    never a prompt.
-    """
+    `edit` maps the rows in scope, h [n, d], to their replacement [n, d]. Scopes: see `scope_mask`;
+    `window=(t0, t1)` limits the edit to speech in that time span (seconds of generated audio)."""
 
     layer: int
     edit: Callable[[torch.Tensor], torch.Tensor]
     scope: str = "speech"
     include_prompt: bool = False
+    window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise BadInput(f"unknown intervention scope {self.scope!r}: use one of {', '.join(SCOPES)}")
+        if self.window is not None:
+            t0, t1 = map(float, self.window)
+            if not 0 <= t0 < t1:
+                raise BadInput(f"steering window {self.window} is empty: give 0 <= t0 < t1 seconds")
+            self.window = (t0, t1)
 
-    def mask(self, modality: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        if self.scope == "generated":
-            return (modality == SPEECH) & ~prompt
-        if self.scope == "speech":
-            m = modality == SPEECH
-        elif self.scope == "text":
-            m = modality == TEXT
-        else:
-            m = torch.ones_like(modality, dtype=torch.bool)
-        return m if self.include_prompt else m & ~prompt
+    def __call__(self, rows_ND: torch.Tensor) -> torch.Tensor:
+        return self.edit(rows_ND)
+
+    def mask(self, ctx: Positions | TTSSequence) -> torch.Tensor:
+        return scope_mask(self.scope, ctx.modality, ctx.prompt, ctx.times, self.include_prompt, self.window)
 
 
 class TeacherForced(NamedTuple):
     sequence: TTSSequence
-    hidden: dict[int, torch.Tensor]  # layer → [N, d] residual stream after that layer
-    logits: torch.Tensor  # [N, V + 1] speech logits (last column: stop)
+    hidden: dict[int, torch.Tensor]  # layer → [N, d] residual stream after that layer (float32, CPU)
+    logits: torch.Tensor | None  # [N, V] next-speech logits (stop ids included); None if not asked
 
 
 class Generation(NamedTuple):
-    tokens: torch.Tensor  # [T] generated speech tokens
+    tokens: torch.Tensor  # [T, C] generated speech tokens
     sequence: TTSSequence  # the whole sequence: prefix + generated speech (stop not included)
     stopped: bool  # the model chose to stop (False: the length limit cut it)
     hidden: dict[int, torch.Tensor]  # recorded layers → [N, d] over the whole sequence
 
 
-class _Hooks:
-    """Forward hooks on the residual modules: apply interventions, record activations.
+@dataclass
+class DecodeState:
+    """What a sampler may read at one generation step (one entry per batch row)."""
 
-    Before each forward call the loop tells the hooks which positions the call covers
-    (`positions(modality, prompt)`), so the same hooks serve the prefill and each cached step.
-    """
-
-    def __init__(self, layers: nn.ModuleList, interventions: Sequence[Intervention], record: Sequence[int]):
-        self.interventions, self.record = list(interventions), list(record)
-        self.recorded: dict[int, list[torch.Tensor]] = {i: [] for i in self.record}
-        self.modality = self.prompt = None
-        n = len(layers)
-        for iv in self.interventions:
-            if not 0 <= iv.layer < n:
-                raise BadInput(f"intervention layer {iv.layer} out of range: the backbone has {n} layers")
-        self.handles = [
-            layers[i].register_forward_hook(self._hook(i))
-            for i in sorted({iv.layer for iv in self.interventions} | set(self.record))
-        ]
-
-    def positions(self, modality: torch.Tensor, prompt: torch.Tensor) -> None:
-        self.modality, self.prompt = modality, prompt
-
-    def _hook(self, layer: int):
-        mine = [iv for iv in self.interventions if iv.layer == layer]
-
-        def hook(_mod, _inp, out):
-            h_BTD = out[0] if isinstance(out, tuple) else out
-            if mine:
-                h_BTD = h_BTD.clone()
-                for iv in mine:
-                    m_T = iv.mask(self.modality, self.prompt).to(h_BTD.device)
-                    if m_T.any():
-                        h_BTD[:, m_T] = (
-                            iv.edit(h_BTD[:, m_T].reshape(-1, h_BTD.shape[-1]))
-                            .reshape(h_BTD.shape[0], -1, h_BTD.shape[-1])
-                            .to(h_BTD.dtype)
-                        )
-            if layer in self.recorded:
-                self.recorded[layer].append(h_BTD[0].detach().float().cpu())
-            if not mine:
-                return None
-            return (h_BTD, *out[1:]) if isinstance(out, tuple) else h_BTD
-
-        return hook
-
-    def hidden(self) -> dict[int, torch.Tensor]:
-        return {i: torch.cat(v) for i, v in self.recorded.items()}
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-@contextmanager
-def _hooked(layers, interventions, record):
-    hooks = _Hooks(layers, interventions, record)
-    try:
-        yield hooks
-    finally:
-        hooks.remove()
-
-
-def sample_token(
-    logits: torch.Tensor, gen: torch.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-) -> int:
-    """One draw from logits [V] with temperature, top-k and nucleus filtering (greedy at temperature 0)."""
-    if not torch.isfinite(logits).all():  # an extreme edit: never sample from NaN
-        logits = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=1e30)
-        if not torch.isfinite(logits).any():
-            return logits.shape[0] - 1  # nothing usable: stop
-    if temperature <= 0:
-        return int(logits.argmax())
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.shape[0]:
-        kth = logits.topk(top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    if top_p < 1.0:
-        p_sorted, order = probs.sort(descending=True)
-        drop = p_sorted.cumsum(0) - p_sorted > top_p
-        probs = probs.clone()
-        probs[order[drop]] = 0
-    return int(torch.multinomial(probs, 1, generator=gen))
+    hidden_BD: torch.Tensor  # last position's final hidden state
+    tokens: list[list[torch.Tensor]]  # generated frames so far, each [C]
+    n_speech: list[int]  # speech positions in each row so far (voice prompt included)
+    gens: list[torch.Generator]
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 0.95
+    min_tokens: int = 1
 
 
 class TTSBackbone:
-    """Base class: subclasses set the identity fields and implement the five pieces above."""
+    """Base class: subclasses set the identity fields and implement the model-specific pieces."""
 
     name: str
     d_model: int
     n_layers: int
-    token_rate: float  # speech tokens per second
     sample_rate: int  # output audio
-    n_speech: int  # speech vocabulary (the stop column is index n_speech)
+    frame_rate: float  # speech frames per second
+    codebook_size: int  # speech ids per codebook; sampled ids >= this are stop ids
     max_positions: int  # context length
+    n_codebooks: int = 1  # C: ids per speech position
+    frame_positions: int = 1  # S: positions per speech frame
+
+    @property
+    def token_rate(self) -> float:
+        """Speech positions per second (frame_rate × frame_positions)."""
+        return self.frame_rate * self.frame_positions
+
+    @property
+    def n_speech(self) -> int:  # the stop target id of the default head (one past the speech ids)
+        return self.codebook_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.layers().parameters())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.layers().parameters())).dtype
 
     # ---- model-specific pieces -------------------------------------------------------------
     def sequence(self, text: str, instruct: str | None = None, prompt=None) -> TTSSequence:
         raise NotImplementedError
 
-    def speech_ids(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Speech tokens (0..n_speech-1) → ids of this backbone's sequence."""
+    def speech_ids(self, tokens_TC: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Speech tokens [T, C] → ids of this backbone's sequence [T, C]."""
         raise NotImplementedError
 
-    def embed(self, ids: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids_BTC: torch.Tensor, modality_BT: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward_embeds(self, embeds_BTD: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
+    def forward(
+        self, embeds_BTD: torch.Tensor, attention_mask_BT: torch.Tensor, position_ids_BT: torch.Tensor, cache=None
+    ) -> tuple[torch.Tensor, object]:
+        """The transformer: (final hidden states [B, T, d], the new KV cache)."""
         raise NotImplementedError
 
     def speech_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -206,30 +203,87 @@ class TTSBackbone:
         """The residual-stream modules: the output of layers()[i] is the residual after layer i."""
         raise NotImplementedError
 
-    def decode(self, tokens) -> np.ndarray:
+    def decode(self, tokens_TC) -> np.ndarray:
         raise NotImplementedError
 
+    def encode_audio(self, wave: np.ndarray, sr: int) -> torch.Tensor:
+        """Audio → speech tokens [T, C], where the backbone has a speech tokenizer."""
+        raise BadInput(f"backbone {self.name} has no speech tokenizer: give speech tokens, not audio")
+
+    def default_corpus(self):
+        """The corpus this backbone ships with (a `ttslens.audio.corpus.Corpus`), or None."""
+        return None
+
     def token_text(self, ids: torch.Tensor) -> list[str]:
-        """Readable strings of sequence ids (for evidence and reports)."""
+        """Readable strings of sequence ids [N] (for evidence and reports)."""
         return [f"<{int(i)}>" for i in ids]
 
     def instruct_mask(self, seq: TTSSequence) -> torch.Tensor:
         """[N] bool: positions of the instruct (style description) part of the prefix."""
         return torch.zeros(len(seq), dtype=torch.bool)
 
+    def max_new_tokens(self, seq: TTSSequence) -> int:
+        """Default length limit for generation (speech positions): room left in the context."""
+        return self.max_positions - len(seq)
+
+    # ---- overridable defaults ----------------------------------------------------------------
+    def speech_times(self, start: int, n: int) -> torch.Tensor:
+        """Times of speech positions start..start+n-1: the start of the frame each belongs to."""
+        idx = torch.arange(start, start + n, dtype=torch.float64)
+        return (torch.div(idx, self.frame_positions, rounding_mode="floor") / self.frame_rate).float()
+
+    def is_stop(self, frame_BC: torch.Tensor) -> torch.Tensor:
+        """[B] bool: the sampled frame ends the utterance (default: codebook 0 drew a stop id)."""
+        return frame_BC[:, 0] >= self.codebook_size
+
+    def sample_frame(self, state: DecodeState) -> torch.Tensor:
+        """The next frame [B, C] of every row. Default (C = 1): the one sampler over `speech_logits`,
+        stop ids masked before `min_tokens` and off frame boundaries."""
+        logits_BV = self.speech_logits(state.hidden_BD).float().clone()
+        for b, n in enumerate(state.n_speech):
+            if len(state.tokens[b]) < state.min_tokens or n % self.frame_positions:
+                logits_BV[b, self.codebook_size :] = float("-inf")
+        ids_B = sample(logits_BV, state.gens, state.temperature, state.top_k, state.top_p, fallback=self.codebook_size)
+        return ids_B[:, None]
+
+    def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
+        """(summed NLL, count) of the speech tokens and the stop, teacher-forced (default: one head, C = 1)."""
+        n = tokens_TC.shape[0]
+        logits = tf.logits[-n - 1 :].float()  # from the last prefix position on
+        targets = torch.cat([tokens_TC[:, 0].to(logits.device), torch.tensor([self.n_speech], device=logits.device)])
+        return float(nn.functional.cross_entropy(logits, targets, reduction="sum")), n + 1
+
     # ---- shared machinery -----------------------------------------------------------------
-    def append_speech(self, seq: TTSSequence, tokens: torch.Tensor, prompt: bool = False) -> TTSSequence:
+    def as_tokens(self, tokens) -> torch.Tensor:
+        """Speech tokens as [T, C] long (a 1-D sequence is read as C = 1)."""
+        t = torch.as_tensor(tokens, dtype=torch.long).cpu()
+        if t.ndim == 1 and self.n_codebooks == 1:
+            t = t[:, None]
+        if t.ndim != 2 or t.shape[1] != self.n_codebooks:
+            raise BadInput(f"speech tokens must be [T, {self.n_codebooks}] for {self.name} (got {tuple(t.shape)})")
+        if t.numel() and (t.min() < 0 or t.max() >= self.codebook_size):
+            raise BadInput(f"speech tokens must lie in 0..{self.codebook_size - 1}")
+        return t
+
+    def append_speech(self, seq: TTSSequence, tokens, prompt: bool = False) -> TTSSequence:
         """`seq` followed by speech tokens, timed from the speech already in `seq`."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.n_speech):
-            raise BadInput(f"speech tokens must lie in 0..{self.n_speech - 1}")
+        t_TC = self.as_tokens(tokens)
         start = int((seq.modality == SPEECH).sum())
-        n = tokens.numel()
+        n = t_TC.shape[0]
         return TTSSequence(
-            torch.cat([seq.ids, self.speech_ids(tokens)]),
+            torch.cat([seq.ids, self.speech_ids(t_TC, start).cpu()]),
             torch.cat([seq.modality, torch.full((n,), SPEECH, dtype=torch.int8)]),
-            torch.cat([seq.times, (start + torch.arange(n, dtype=torch.float32)) / self.token_rate]),
+            torch.cat([seq.times, self.speech_times(start, n)]),
             torch.cat([seq.prompt, torch.full((n,), prompt, dtype=torch.bool)]),
+        )
+
+    def text_ids(self, ids: list[int], modality: list[int]) -> TTSSequence:
+        """A prefix of text/special ids (column 0) with nan times and no prompt flags."""
+        n = len(ids)
+        ids_NC = torch.full((n, self.n_codebooks), PAD, dtype=torch.long)
+        ids_NC[:, 0] = torch.tensor(ids, dtype=torch.long)
+        return TTSSequence(
+            ids_NC, torch.tensor(modality, dtype=torch.int8), torch.full((n,), float("nan")), torch.zeros(n, dtype=bool)
         )
 
     def check_length(self, n: int, what: str = "the sequence") -> None:
@@ -239,7 +293,65 @@ class TTSBackbone:
                 "shorten the text (split it into sentences)"
             )
 
+    def pad(self, seqs: Sequence[TTSSequence], left: bool = False):
+        """A batch: ids [B, T, C], Positions [B, T], attention mask [B, T], position ids [B, T] (on device)."""
+        B, T, C = len(seqs), max(len(s) for s in seqs), self.n_codebooks
+        ids = torch.full((B, T, C), PAD, dtype=torch.long)
+        modality = torch.full((B, T), PAD, dtype=torch.int8)
+        prompt = torch.zeros((B, T), dtype=torch.bool)
+        times = torch.full((B, T), float("nan"))
+        attn = torch.zeros((B, T), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            sl = slice(T - len(s), T) if left else slice(0, len(s))
+            ids[b, sl], modality[b, sl], prompt[b, sl], times[b, sl], attn[b, sl] = (
+                s.ids,
+                s.modality,
+                s.prompt,
+                s.times,
+                1,
+            )
+        pos = (attn.cumsum(1) - 1).clamp_min(0)
+        dev = self.device
+        return ids.to(dev), Positions(modality, prompt, times), attn.to(dev), pos.to(dev)
+
+    def _embed(self, ids_BTC: torch.Tensor, modality_BT: torch.Tensor) -> torch.Tensor:
+        """embed() with padding ids made valid (their rows are masked out anyway)."""
+        pad_BT = modality_BT.to(ids_BTC.device) == PAD
+        safe = ids_BTC.masked_fill(pad_BT[..., None] & (ids_BTC == PAD), 0)
+        return self.embed(safe, modality_BT.to(ids_BTC.device)).to(self.dtype)
+
     @torch.no_grad()
+    def teacher_forced_batch(
+        self,
+        items: Sequence[tuple],
+        layers: Sequence[int] = (),
+        interventions: Sequence[Intervention] = (),
+        logits: bool = True,
+    ) -> list[TeacherForced]:
+        """One padded forward pass over [prefix, speech tokens] of each (text, tokens[, instruct]) item."""
+        seqs = []
+        for it in items:
+            text, tokens, instruct = (*it, None)[:3]
+            seq = self.append_speech(self.sequence(text, instruct), tokens)
+            self.check_length(len(seq))
+            seqs.append(seq)
+        ids, ctx, attn, pos = self.pad(seqs)
+        stop = None if logits or interventions else (max(layers) if layers else None)
+        hooks = Hooks(self.layers(), interventions, layers, stop_after=stop)
+        with hooks:
+            hooks.context = ctx
+            try:
+                h, _ = self.forward(self._embed(ids, ctx.modality), attn, pos)
+            except StopForward:  # no logits or edits asked: the pass ends after the last recorded layer
+                h = None
+        hidden = {i: v.float().cpu() for i, v in hooks.hidden().items()}
+        out = []
+        for b, s in enumerate(seqs):
+            n = len(s)
+            lg = self.speech_logits(h[b, :n]).float().cpu() if (logits and h is not None) else None
+            out.append(TeacherForced(s, {i: v[b, :n] for i, v in hidden.items()}, lg))
+        return out
+
     def teacher_forced(
         self,
         text: str,
@@ -249,60 +361,93 @@ class TTSBackbone:
         interventions: Sequence[Intervention] = (),
     ) -> TeacherForced:
         """One forward pass over [prefix, speech tokens]; residuals at `layers`, speech logits."""
-        seq = self.append_speech(self.sequence(text, instruct), speech_tokens)
-        self.check_length(len(seq))
-        with _hooked(self.layers(), interventions, layers) as hooks:
-            hooks.positions(seq.modality, seq.prompt)
-            h, _ = self.forward_embeds(self.embed(seq.ids, seq.modality)[None])
-            return TeacherForced(seq, hooks.hidden(), self.speech_logits(h[0]))
-
-    def max_new_tokens(self, seq: TTSSequence) -> int:
-        """Default length limit for generation: room left in the context."""
-        return self.max_positions - len(seq)
+        return self.teacher_forced_batch([(text, speech_tokens, instruct)], layers, interventions)[0]
 
     @torch.no_grad()
     def generate(
         self,
-        text: str,
+        text: str | Sequence[str],
         instruct: str | None = None,
         prompt=None,
         interventions: Sequence[Intervention] = (),
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         temperature: float = 1.0,
         top_k: int = 50,
         top_p: float = 0.95,
         max_tokens: int | None = None,
         min_tokens: int = 1,
         record: Sequence[int] = (),
-    ) -> Generation:
-        """Sample speech tokens one at a time under a KV cache; each step runs one new position
-        through the model, so hooks (interventions, recording) see exactly that position."""
-        seq = self.sequence(text, instruct, prompt)
-        self.check_length(len(seq) + 1, "the text")
-        limit = min(max_tokens or self.max_new_tokens(seq), self.max_positions - len(seq))
-        gen = torch.Generator().manual_seed(seed)
-        tokens: list[int] = []
-        stopped = False
-        with _hooked(self.layers(), interventions, record) as hooks:
-            hooks.positions(seq.modality, seq.prompt)
-            h, cache = self.forward_embeds(self.embed(seq.ids, seq.modality)[None])
-            one_speech = torch.tensor([SPEECH], dtype=torch.int8)
-            not_prompt = torch.tensor([False])
-            while len(tokens) < limit:
-                logits = self.speech_logits(h[0, -1])
-                if len(tokens) < min_tokens:
-                    logits[-1] = float("-inf")
-                tok = sample_token(logits, gen, temperature, top_k, top_p)
-                if tok == self.n_speech:
-                    stopped = True
+    ) -> Generation | list[Generation]:
+        """Sample speech frame by frame under a KV cache; each step runs one new position per row
+        through the model, so hooks (interventions, recording) see exactly that position.
+        A list of texts is generated as one left-padded batch (one seed per text)."""
+        batched = not isinstance(text, str)
+        texts = list(text) if batched else [text]
+        seeds = [seed] * len(texts) if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(texts):
+            raise BadInput(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
+        seqs = [self.sequence(t, instruct, prompt) for t in texts]
+        for s in seqs:
+            self.check_length(len(s) + 1, "the text")
+        limits = [min(max_tokens or self.max_new_tokens(s), self.max_positions - len(s)) for s in seqs]
+        ids, ctx, attn, pos = self.pad(seqs, left=True)
+        B = len(seqs)
+        state = DecodeState(
+            hidden_BD=torch.empty(0),
+            tokens=[[] for _ in seqs],
+            n_speech=[int((s.modality == SPEECH).sum()) for s in seqs],
+            gens=generators(seeds),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_tokens=min_tokens,
+        )
+        done, stopped = [lim <= 0 for lim in limits], [False] * B
+        hooks = Hooks(self.layers(), interventions, record)
+        with hooks:
+            hooks.context = ctx
+            h, cache = self.forward(self._embed(ids, ctx.modality), attn, pos)
+            while not all(done):
+                state.hidden_BD = h[:, -1]
+                frame_BC = self.sample_frame(state).cpu()
+                stop_B = self.is_stop(frame_BC)
+                fed = [False] * B
+                for b in range(B):
+                    if done[b]:
+                        continue
+                    if stop_B[b]:
+                        done[b] = stopped[b] = True
+                        continue
+                    state.tokens[b].append(frame_BC[b])
+                    fed[b] = True
+                    done[b] = len(state.tokens[b]) >= limits[b]
+                if not any(fed):
                     break
-                tokens.append(tok)
-                hooks.positions(one_speech, not_prompt)
-                ids = self.speech_ids(torch.tensor([tok]))
-                h, cache = self.forward_embeds(self.embed(ids, one_speech)[None], cache)
-            hidden = hooks.hidden()
-        out = torch.tensor(tokens, dtype=torch.long)
-        return Generation(out, self.append_speech(seq, out), stopped, hidden)
+                step_ids = torch.full((B, 1, self.n_codebooks), PAD, dtype=torch.long)
+                times = torch.full((B, 1), float("nan"))
+                for b in range(B):
+                    if fed[b]:
+                        step_ids[b, 0] = self.speech_ids(frame_BC[b : b + 1], state.n_speech[b])[0].cpu()
+                        times[b, 0] = self.speech_times(state.n_speech[b], 1)[0]
+                        state.n_speech[b] += 1
+                fed_B = torch.tensor(fed)
+                modality = torch.where(fed_B, SPEECH, PAD).to(torch.int8)[:, None]
+                hooks.context = Positions(modality, torch.zeros((B, 1), dtype=torch.bool), times)
+                attn = torch.cat([attn, fed_B.to(attn)[:, None]], dim=1)
+                pos = pos[:, -1:] + 1
+                h, cache = self.forward(self._embed(step_ids.to(ids.device), modality), attn, pos, cache)
+        keep_BT = attn.bool().cpu()
+        hidden = {i: v.float().cpu() for i, v in hooks.hidden().items()}
+        out = []
+        for b, s in enumerate(seqs):
+            toks = (
+                torch.stack(state.tokens[b])
+                if state.tokens[b]
+                else torch.zeros((0, self.n_codebooks), dtype=torch.long)
+            )
+            rec = {i: v[b][keep_BT[b, : v.shape[1]]] for i, v in hidden.items()}
+            out.append(Generation(toks, self.append_speech(s, toks), stopped[b], rec))
+        return out if batched else out[0]
 
     def synthesize(self, text: str, **kwargs) -> tuple[np.ndarray, Generation]:
         """generate() then decode(): (waveform at `sample_rate`, the generation)."""
@@ -314,8 +459,11 @@ class TTSBackbone:
             "name": self.name,
             "d_model": self.d_model,
             "n_layers": self.n_layers,
+            "frame_rate": self.frame_rate,
             "token_rate": self.token_rate,
+            "n_codebooks": self.n_codebooks,
+            "frame_positions": self.frame_positions,
             "sample_rate": self.sample_rate,
-            "n_speech": self.n_speech,
+            "codebook_size": self.codebook_size,
             "max_positions": self.max_positions,
         }

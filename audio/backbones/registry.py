@@ -66,3 +66,17 @@ def load_backbone(name: str | Path = "demo", **options) -> TTSBackbone:
         raise BadInput(f"{p} holds no backbone ttslens recognises: give NAME:{p} with NAME one of {names}")
     names = ", ".join(REGISTRY)
     raise BadInput(f"unknown backbone {key!r}: use one of {names} (see `ttslens backbones`) or a directory")
+
+
+@dataclass
+class BackbonesConfig:
+    """List the TTS backbones ttslens knows: name, what each needs, usable here now or why not."""
+
+
+def run_backbones(cfg: BackbonesConfig | None = None) -> dict:
+    rows = list_backbones()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = "usable" if r["usable"] else f"not usable: {r['why_not']}"
+        print(f"{r['name']:<{width}}  {state}  (needs {r['needs']})")
+    return {"backbones": rows}

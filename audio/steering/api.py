@@ -40,13 +40,13 @@ from ttslens.sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteere
 class Synthesis(NamedTuple):
     wave: np.ndarray  # float32 at sample_rate
     sample_rate: int
-    tokens: torch.Tensor  # [T] speech tokens
+    tokens: torch.Tensor  # [T, C] speech tokens
     stopped: bool  # False: the length limit cut it
     sequence: TTSSequence  # prefix + generated speech
     steered: torch.Tensor  # [N] bool over `sequence`: positions an edit touched
     edits: list[ResolvedEdit]
     activations: dict[int, torch.Tensor] | None  # layer → [N, F] SAE latents (record=True)
-    seconds: float  # generation wall time (decode excluded)
+    seconds: float  # generation wall time of its batch (decode excluded)
 
 
 class SteerableTTS(SAESteerer):
@@ -59,11 +59,18 @@ class SteerableTTS(SAESteerer):
         self._presets: dict[int, dict | None] = {}
 
     @classmethod
-    def load(cls, backbone: str | TTSBackbone = "demo", sae: str | Path | Sequence | None = None) -> SteerableTTS:
+    def load(
+        cls,
+        backbone: str | TTSBackbone = "demo",
+        sae: str | Path | Sequence | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> SteerableTTS:
+        """`backbone`: a name, a directory or a loaded backbone (then `device`/`dtype` are its own)."""
         from ttslens.audio import load_backbone
 
-        bb = load_backbone(backbone) if isinstance(backbone, str) else backbone
-        loaded = load_steer_saes(sae, bb.d_model, bb.n_layers, f"backbone {bb.name}")
+        bb = load_backbone(backbone, device=device, dtype=dtype) if isinstance(backbone, str) else backbone
+        loaded = load_steer_saes(sae, bb.d_model, bb.n_layers, f"backbone {bb.name}", str(bb.device))
         for s in loaded:
             check_trained_on(s.info, bb, s.path)
         return cls(bb, loaded)
@@ -106,40 +113,56 @@ class SteerableTTS(SAESteerer):
         ]
 
     def interventions(
-        self, edits: list[ResolvedEdit], scope: str = "speech", replace: bool = False
+        self,
+        edits: list[ResolvedEdit],
+        scope: str = "speech",
+        replace: bool = False,
+        window: tuple[float, float] | None = None,
     ) -> list[Intervention]:
-        """One Intervention per steered layer, applied at the positions in `scope`."""
+        """One Intervention per steered layer, applied at the positions in `scope` (and `window`)."""
         if scope not in SCOPES:
             raise BadInput(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
-        return [Intervention(layer, steer, scope) for layer, steer in self.steers(edits, replace).items()]
+        steers = self.steers(edits, replace).items()
+        return [Intervention(layer, steer, scope, window=window) for layer, steer in steers]
 
     # ---- synthesis ---------------------------------------------------------------------------------
-    def synthesize(
+    def synthesize(self, text: str, steer=None, seed: int = 0, **kwargs) -> Synthesis:
+        """Speak `text` with the edits `steer` names; `record=True` adds the SAE latents at every position.
+        Keywords: instruct, scope, window, replace, record, temperature, top_k, top_p, max_seconds."""
+        return self.synthesize_batch([text], steer, [seed], **kwargs)[0]
+
+    def synthesize_batch(
         self,
-        text: str,
+        texts: Sequence[str],
         steer=None,
-        seed: int = 0,
+        seeds: Sequence[int] | int = 0,
         instruct: str | None = None,
         scope: str = "speech",
+        window: tuple[float, float] | None = None,
         replace: bool = False,
         record: bool = False,
         temperature: float = 1.0,
         top_k: int = 50,
         top_p: float = 0.95,
         max_seconds: float = 0.0,
-    ) -> Synthesis:
-        """Speak `text` with the edits `steer` names; `record` adds the SAE latents at every position."""
-        if not text or not text.strip():
-            raise BadInput("empty text: give the words to speak")
+    ) -> list[Synthesis]:
+        """Several texts in one batched generation (each with its seed; one int = the same seed for all),
+        one edit set. `window=(t0, t1)` limits the edits to speech between t0 and t1 seconds."""
+        seeds = [seeds] * len(texts) if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(texts):
+            raise BadInput(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
+        for text in texts:
+            if not text or not text.strip():
+                raise BadInput("empty text: give the words to speak")
         edits = self.resolve(steer)
-        ivs = self.interventions(edits, scope, replace)
+        ivs = self.interventions(edits, scope, replace, window)
         layers = [s.layer for s in self.saes] if record else []
         t0 = time.perf_counter()
-        g = self.bb.generate(
-            text,
+        gens = self.bb.generate(
+            list(texts),
             instruct=instruct or None,
             interventions=ivs,
-            seed=seed,
+            seed=seeds,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
@@ -147,33 +170,30 @@ class SteerableTTS(SAESteerer):
             record=layers,
         )
         seconds = time.perf_counter() - t0
-        wave = np.nan_to_num(np.asarray(self.bb.decode(g.tokens), dtype=np.float32))
-        steered = torch.zeros(len(g.sequence), dtype=torch.bool)
-        for iv in ivs:
-            steered |= iv.mask(g.sequence.modality, g.sequence.prompt)
-        acts = None
-        if record:
-            with torch.no_grad():
-                acts = {s.layer: s.sae.encode(g.hidden[s.layer]) for s in self.saes}
-        return Synthesis(wave, self.bb.sample_rate, g.tokens, g.stopped, g.sequence, steered, edits, acts, seconds)
-
-    def synthesize_batch(
-        self, texts: Sequence[str], steer=None, seeds: Sequence[int] | int = 0, **kwargs
-    ) -> list[Synthesis]:
-        """Several texts (each with its seed; one int = the same seed for all), one edit set."""
-        seeds = [seeds] * len(texts) if isinstance(seeds, int) else list(seeds)
-        if len(seeds) != len(texts):
-            raise BadInput(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
-        self.resolve(steer)  # fail before any work
-        return [self.synthesize(t, steer, s, **kwargs) for t, s in zip(texts, seeds, strict=True)]
+        out = []
+        for g in gens:
+            wave = np.nan_to_num(np.asarray(self.bb.decode(g.tokens), dtype=np.float32))
+            steered = torch.zeros(len(g.sequence), dtype=torch.bool)
+            for iv in ivs:
+                steered |= iv.mask(g.sequence)
+            acts = None
+            if record:
+                with torch.no_grad():
+                    acts = {s.layer: s.sae.encode(g.hidden[s.layer].to(self.bb.device)).cpu() for s in self.saes}
+            out.append(
+                Synthesis(wave, self.bb.sample_rate, g.tokens, g.stopped, g.sequence, steered, edits, acts, seconds)
+            )
+        return out
 
 
 _CACHE: dict[tuple, SteerableTTS] = {}
 
 
-def synthesize(text: str, steer=None, seed: int = 0, backbone: str = "demo", sae=None, **kwargs) -> Synthesis:
+def synthesize(
+    text: str, steer=None, seed: int = 0, backbone: str = "demo", sae=None, device: str = "cpu", **kwargs
+) -> Synthesis:
     """One call: load (once, cached) the backbone and SAE(s), then `SteerableTTS.synthesize`."""
-    key = (backbone, tuple(map(str, [sae] if isinstance(sae, str | Path) else sae or [])))
+    key = (backbone, tuple(map(str, [sae] if isinstance(sae, str | Path) else sae or [])), device)
     if key not in _CACHE:
-        _CACHE[key] = SteerableTTS.load(backbone, sae)
+        _CACHE[key] = SteerableTTS.load(backbone, sae, device=device)
     return _CACHE[key].synthesize(text, steer, seed, **kwargs)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ttslens.audio.corpus import load_corpus
+from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json, sae_info
@@ -71,7 +73,11 @@ CONFIG = "steer_eval_config.json"
 
 def _texts(bb, n: int) -> list[str]:
     """n held-out corpus texts of moderate length without tags (fallback: fixed sentences)."""
-    pool = [it.text for it in bb.corpus("heldout") if "[" not in it.text and 25 <= len(it.text) <= 90]
+    pool = [
+        it.text
+        for it in load_corpus(None, backbone=bb).items("heldout")
+        if "[" not in it.text and 25 <= len(it.text) <= 90
+    ]
     pool += [t for t in FALLBACK_TEXTS if t not in pool]
     if n > len(pool):
         raise BadInput(f"--texts {n} is more than the {len(pool)} texts available: lower --texts")
@@ -131,7 +137,7 @@ def text_match(bb, text: str, other: str, tokens) -> float:
     def ce(t: str) -> float:
         tf = bb.teacher_forced(t, tokens)
         speech = (tf.sequence.modality == SPEECH).nonzero().flatten()
-        return float(torch.nn.functional.cross_entropy(tf.logits[speech - 1].float(), tokens.long()))
+        return float(torch.nn.functional.cross_entropy(tf.logits[speech - 1].float(), bb.as_tokens(tokens)[:, 0]))
 
     return ce(other) - ce(text)
 
@@ -195,7 +201,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
     texts = _texts(tts.bb, cfg.texts)
     alphas = sorted(set(float(a) for a in cfg.alphas) | {0.0})
     seeds = [cfg.seed + v for v in range(cfg.voices)]
-    detector = getattr(tts.bb, "laughter_detector", None)
+    detector = laughter_detector_for(tts.bb)
 
     done: dict[tuple, dict] = {}
     samples_path = out / "samples.jsonl"

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ttslens.audio.corpus import load_corpus
+from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, MissingFile
 from ttslens.sae.files import atomic_write_json, sae_info
@@ -111,7 +113,7 @@ def _labels_of(item, tf_seq, bb) -> dict[str, np.ndarray]:
         from ttslens.audio.measures.signal import measure
 
         wave = bb.decode(item.tokens)
-        m = measure(wave, bb.sample_rate, getattr(bb, "laughter_detector", None))
+        m = measure(wave, bb.sample_rate, laughter_detector_for(bb))
         male = float(m.p_male > 0.5) if m.p_male == m.p_male else math.nan
         wpm = 60 * m.syllables_per_s / 1.4 if m.syllables_per_s == m.syllables_per_s else math.nan
         spans = [[0, m.duration_s]] if (m.laughter or 0) > 0.5 else []
@@ -129,7 +131,7 @@ def probe_presets(
     from scipy import sparse
     from sklearn.linear_model import LogisticRegression
 
-    corpus = bb.corpus("train")
+    corpus = load_corpus(None, backbone=bb).items("train")
     if not corpus:
         raise BadInput(f"backbone {bb.name} has no corpus to fit probes on: use --source labels")
     rng = np.random.default_rng(seed)

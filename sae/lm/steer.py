@@ -27,8 +27,9 @@ from typing import NamedTuple
 import torch
 
 from ttslens.sae.errors import BadInput
-from ttslens.sae.hooks import layer_output, residual_layers
+from ttslens.sae.hooks import Hooks, layer_output, residual_layers
 from ttslens.sae.lm.harvest import load_model, load_text_dataset
+from ttslens.sae.sampling import generators, sample
 from ttslens.sae.steering import LayerSteer, LoadedSAE, ResolvedEdit, SAESteerer, load_steer_saes
 
 SCOPES = ("all", "generated", "prompt")
@@ -45,55 +46,21 @@ class TextGeneration(NamedTuple):
     edits: list[ResolvedEdit]
 
 
-def sample_token(logits_V: torch.Tensor, gen: torch.Generator, temperature: float = 1.0, top_k: int = 0) -> int:
-    """One draw from logits [V] with temperature and top-k filtering (greedy at temperature 0)."""
-    logits_V = torch.nan_to_num(logits_V.float(), nan=float("-inf"), posinf=1e30)  # an extreme edit
-    if temperature <= 0:
-        return int(logits_V.argmax())
-    logits_V = logits_V / temperature
-    if 0 < top_k < logits_V.shape[0]:
-        kth = logits_V.topk(top_k).values[-1]
-        logits_V = logits_V.masked_fill(logits_V < kth, float("-inf"))
-    return int(torch.multinomial(logits_V.softmax(-1), 1, generator=gen))
+class _ScopedSteer:
+    """One layer's LayerSteer as a hook-engine edit, at the in-scope absolute positions of each call."""
 
+    def __init__(self, layer: int, steer: LayerSteer, scope: str, prompt_len: int) -> None:
+        self.layer, self.steer, self.scope, self.prompt_len = layer, steer, scope, prompt_len
 
-class _SteerHooks:
-    """Forward hooks that apply each layer's LayerSteer at the in-scope absolute positions.
+    def __call__(self, rows_ND: torch.Tensor) -> torch.Tensor:
+        return self.steer(rows_ND)
 
-    The generation loop sets `pos0`, the absolute position of the chunk the next forward reads (0 for the
-    prefill, then P, P + 1, ...); positions < `prompt_len` are the prompt's."""
-
-    def __init__(self, layers, steers: dict[int, LayerSteer], scope: str, prompt_len: int, total: int):
-        self.steers, self.scope, self.prompt_len = steers, scope, prompt_len
-        self.pos0 = 0
-        self.steered_N = torch.zeros(total, dtype=torch.bool)
-        self.handles = [layers[i].register_forward_hook(self._hook(s)) for i, s in steers.items()]
-
-    def in_scope(self, pos_T: torch.Tensor) -> torch.Tensor:
+    def mask(self, pos_BT: torch.Tensor) -> torch.Tensor:
+        """pos_BT: absolute positions of the call (the engine's context)."""
         if self.scope == "all":
-            return torch.ones_like(pos_T, dtype=torch.bool)
-        generated_T = pos_T >= self.prompt_len
-        return generated_T if self.scope == "generated" else ~generated_T
-
-    def _hook(self, steer: LayerSteer):
-        def hook(_mod, _inp, out):
-            h_BTD = out[0] if isinstance(out, tuple) else out
-            pos_T = torch.arange(self.pos0, self.pos0 + h_BTD.shape[1])
-            m_T = self.in_scope(pos_T)
-            if not m_T.any():
-                return None
-            self.steered_N[pos_T[m_T]] = True
-            h_BTD = h_BTD.clone()
-            m_T = m_T.to(h_BTD.device)
-            rows_ND = h_BTD[:, m_T].reshape(-1, h_BTD.shape[-1])
-            h_BTD[:, m_T] = steer(rows_ND).reshape(h_BTD.shape[0], -1, h_BTD.shape[-1]).to(h_BTD.dtype)
-            return (h_BTD, *out[1:]) if isinstance(out, tuple) else h_BTD
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+            return torch.ones_like(pos_BT, dtype=torch.bool)
+        generated = pos_BT >= self.prompt_len
+        return generated if self.scope == "generated" else ~generated
 
 
 class TextSteerer(SAESteerer):
@@ -179,6 +146,7 @@ class TextSteerer(SAESteerer):
         temperature: float = 1.0,
         top_k: int = 50,
         scope: str = "all",
+        top_p: float = 1.0,
     ) -> TextGeneration:
         """Continue `prompt` with the edits `steer` names at the positions in `scope`: "all" (prompt and
         generated), "generated" (the generated tokens' positions: the first new token is drawn unsteered),
@@ -192,29 +160,33 @@ class TextSteerer(SAESteerer):
         ids_P = self.encode(prompt)
         edits = self.resolve(steer)
         P, eos = ids_P.shape[0], self._eos()
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        hooks = _SteerHooks(residual_layers(self.model), self.steers(edits), scope, P, P + max_new_tokens)
+        gens = generators([seed])
+        edits_ = [_ScopedSteer(layer, st, scope, P) for layer, st in self.steers(edits).items()]
+        hooks = Hooks(residual_layers(self.model), edits=edits_)
+        steered_N = torch.zeros(P + max_new_tokens, dtype=torch.bool)
         new: list[int] = []
         stopped = False
-        try:
+        with hooks:
+            hooks.context = torch.arange(P)[None]
             out = self.model(input_ids=ids_P[None].to(self.device), use_cache=True)
             while True:
-                tok = sample_token(out.logits[0, -1], gen, temperature, top_k)
+                tok = int(sample(out.logits[:, -1], gens, temperature, top_k, top_p, fallback=min(eos, default=0))[0])
                 if tok in eos:
                     stopped = True
                     break
                 new.append(tok)
                 if len(new) == max_new_tokens:
                     break
-                hooks.pos0 = P + len(new) - 1
+                hooks.context = torch.tensor([[P + len(new) - 1]])
                 step_11 = torch.tensor([[tok]], device=self.device)
-                out = self.model(input_ids=step_11, past_key_values=out.past_key_values, use_cache=True)
-        finally:
-            hooks.remove()
+                out = self.model(input_ids=step_11, cache=out.cache, use_cache=True)
+        if edits_:  # the positions the model read: the prompt and every new token but an unfed last one
+            seen = torch.arange(P + len(new) - (0 if stopped or not new else 1))[None]
+            steered_N[: seen.shape[1]] = torch.stack([e.mask(seen)[0] for e in edits_]).any(0)
         tokens_T = torch.tensor(new, dtype=torch.long)
         sequence = torch.cat([ids_P, tokens_T])
         text = self.tok.decode(new, skip_special_tokens=True)
-        return TextGeneration(text, tokens_T, hooks.steered_N[: len(sequence)], sequence, stopped, edits)
+        return TextGeneration(text, tokens_T, steered_N[: len(sequence)], sequence, stopped, edits)
 
     def compare(self, prompt: str, steer, seed: int = 0, **kw) -> tuple[str, str]:
         """(default, steered) continuations of `prompt` under the same seed."""

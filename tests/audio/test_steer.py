@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ttslens.app.cli import main as cli
-from ttslens.audio.backbones.base import Intervention
+from ttslens.audio.backbones.base import Intervention, Positions
 from ttslens.audio.steering.api import SteerableTTS
 from ttslens.audio.steering.presets import FILE, preset_edits, read_presets
 from ttslens.sae.activations import SPEECH, TEXT
@@ -36,7 +36,8 @@ def test_speech_scope_leaves_the_text_prefix_untouched(tts):
 def test_text_scope_edits_only_text_positions():
     mod = torch.tensor([2, 0, 0, 0, 2, 1, 1], dtype=torch.int8)
     prompt = torch.tensor([0, 0, 0, 0, 0, 1, 0], dtype=torch.bool)
-    iv = lambda scope, **kw: Intervention(0, lambda h: h, scope, **kw).mask(mod, prompt).tolist()  # noqa: E731
+    ctx = Positions(mod, prompt, torch.full(mod.shape, float("nan")))
+    iv = lambda scope, **kw: Intervention(0, lambda h: h, scope, **kw).mask(ctx).tolist()  # noqa: E731
     assert iv("text") == [False, True, True, True, False, False, False]
     assert iv("speech") == [False] * 6 + [True]
     assert iv("speech", include_prompt=True) == [False] * 5 + [True, True]

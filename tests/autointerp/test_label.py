@@ -117,10 +117,10 @@ def test_bad_input_gets_one_line_errors(small_sae, small_assets, tmp_path, capsy
 
 
 def test_tiny_corpus_is_refused(small_sae, tmp_path, monkeypatch):
-    from ttslens.audio.backbones.demo.backbone import DemoBackbone
+    from ttslens.audio.backbones.demo.backbone import DemoCorpus
 
-    real = DemoBackbone.corpus
-    monkeypatch.setattr(DemoBackbone, "corpus", lambda self, split="train": real(self, split)[:3])
+    real = DemoCorpus.all_items
+    monkeypatch.setattr(DemoCorpus, "all_items", lambda self: real(self)[:3])
     with pytest.raises(ValueError, match="at least"):
         Job(LabelConfig(sae=str(small_sae), out=str(tmp_path / "l"), asr="", laughter_model="", gender_model=""))
 
@@ -204,12 +204,13 @@ def test_llm_labeler_labels_judges_and_records_failures(small_sae, tmp_path, mon
 
 def test_clip_measures_read_the_utterance_like_the_cut_clip(small):
     """Track-based clip measures agree with measuring the cut clip itself."""
+    from ttslens.audio.measures import laughter_detector_for
     from ttslens.audio.measures.clips import analyse, clip_measures, cut_clip
     from ttslens.audio.measures.signal import pitch
 
-    item = small.corpus("train")[0]
+    item = small.default_corpus().items("train")[0]
     wave = small.decode(item.tokens)
-    tr = analyse(wave, small.sample_rate, small.laughter_detector)
+    tr = analyse(wave, small.sample_rate, laughter_detector_for(small))
     centre = len(wave) / small.sample_rate / 2
     m = clip_measures(tr, centre)
     clip, padded = cut_clip(wave, small.sample_rate, centre)

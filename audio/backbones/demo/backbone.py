@@ -19,7 +19,9 @@ from ttslens.audio.backbones.base import TTSBackbone, TTSSequence
 from ttslens.audio.backbones.demo.lm import speech_head
 from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer
 from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
+from ttslens.audio.corpus import Corpus, CorpusItem
 from ttslens.sae.activations import SPECIAL, TEXT
+from ttslens.sae.devices import resolve_device, resolve_dtype
 from ttslens.sae.errors import BadInput, MissingFile
 
 ASSETS = Path(__file__).parent / "assets"
@@ -46,6 +48,43 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise BadInput(f"demo backbone file {path} is corrupt ({e.__class__.__name__}): {REBUILD}") from None
 
 
+def known_instructs() -> list[str]:
+    """The instructs the demo was trained with: gender and/or pace ("a woman speaking quickly.")."""
+    from ttslens.audio.backbones.demo.corpus_gen import instruct_text
+
+    forms = [instruct_text(g, p) for g in (None, "male", "female") for p in (None, "fast", "slow")]
+    return [f for f in forms if f]
+
+
+def check_instruct(instruct: str) -> None:
+    known = known_instructs()
+    if instruct not in known:
+        raise BadInput(f"the demo backbone does not know the instruct {instruct!r}: use one of " + "; ".join(known))
+
+
+class DemoCorpus(Corpus):
+    """The demo build's token corpus with its truth (voice, gender, rate, laughter spans, split)."""
+
+    name = "demo"
+
+    def __init__(self, assets: Path) -> None:
+        self.assets = assets
+        self._items: list[CorpusItem] | None = None
+
+    def all_items(self) -> list[CorpusItem]:
+        if self._items is None:  # read once
+            flat = _read_tensors(self.assets / "corpus.safetensors")
+            tokens = torch.split(flat["tokens"].long(), flat["lengths"].tolist())
+            lines = (self.assets / "corpus.jsonl").read_text().splitlines()
+            if len(lines) != len(tokens):
+                raise BadInput(f"demo corpus files in {self.assets} disagree (item counts): {REBUILD}")
+            self._items = []
+            for line, t in zip(lines, tokens, strict=True):
+                rec = json.loads(line)
+                self._items.append(CorpusItem(rec["text"], rec.get("instruct"), t, rec))
+        return self._items
+
+
 class DemoBackbone(TTSBackbone):
     """`[sos] instruct <endofprompt> text [task] speech… [eos]` over one id space (see tokenizer)."""
 
@@ -56,15 +95,14 @@ class DemoBackbone(TTSBackbone):
         cfg = model.config
         self.d_model, self.n_layers = cfg.hidden_size, cfg.num_hidden_layers
         self.max_positions = cfg.max_position_embeddings
-        self.token_rate, self.sample_rate = float(codec.config.frame_rate), int(codec.config.sample_rate)
-        self.n_speech = tokenizer.n_speech
+        self.frame_rate, self.sample_rate = float(codec.config.frame_rate), int(codec.config.sample_rate)
+        self.codebook_size = tokenizer.n_speech
         self._head = None
-        self._laughter = None
-        self._corpus = None
+        self._corpus = DemoCorpus(assets) if assets is not None and (assets / "corpus.jsonl").exists() else None
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path | None = None) -> DemoBackbone:
+    def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "float32") -> DemoBackbone:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         from ttslens.audio.backbones.demo.codec import Codec
@@ -89,42 +127,20 @@ class DemoBackbone(TTSBackbone):
         if codec.vocab_size != tok.n_speech:
             raise BadInput(f"demo codec and LM in {assets} disagree (speech vocabulary): {REBUILD}")
         info = _read_json(assets / "build.json") if (assets / "build.json").exists() else {}
+        model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
         return cls(model, tok, codec, assets, info)
 
-    @property
-    def laughter_detector(self):
-        """The laughter detector fitted on this backbone's corpus (None if the assets lack one)."""
-        if self._laughter is None and self.assets is not None and (self.assets / "laughter.json").exists():
-            from ttslens.audio.backbones.demo.laughter import LaughterDetector
+    def default_corpus(self) -> DemoCorpus | None:
+        return self._corpus
 
-            self._laughter = LaughterDetector.load(self.assets)
-        return self._laughter
-
-    def corpus(self, split: str = "train") -> list:
-        """The build corpus as (text, instruct, speech tokens, truth) items: split train | heldout | all."""
-        from ttslens.audio.harvest import CorpusItem
-
-        if self.assets is None:
-            return []
-        if self._corpus is None:  # read once
-            flat = _read_tensors(self.assets / "corpus.safetensors")
-            tokens = torch.split(flat["tokens"].long(), flat["lengths"].tolist())
-            lines = (self.assets / "corpus.jsonl").read_text().splitlines()
-            if len(lines) != len(tokens):
-                raise BadInput(f"demo corpus files in {self.assets} disagree (item counts): {REBUILD}")
-            self._corpus = []
-            for line, t in zip(lines, tokens, strict=True):
-                rec = json.loads(line)
-                self._corpus.append(CorpusItem(rec["text"], rec.get("instruct"), t, rec))
-        return [it for it in self._corpus if split in ("all", it.truth.get("split"))]
-
-    # ---- the five pieces ------------------------------------------------------------------------
+    # ---- the model-specific pieces ----------------------------------------------------------------
     def sequence(self, text: str, instruct: str | None = None, prompt=None) -> TTSSequence:
         """`prompt` = (prompt_text, prompt_speech_tokens): a voice prompt, continued as CosyVoice3 does."""
         t = self.tok
         ids = [t.sos]
         mod = [SPECIAL]
         if instruct:
+            check_instruct(t.normalize(instruct))
             ins = t.encode_text(instruct, "instruct")
             ids += [*ins, t.eop]
             mod += [TEXT] * len(ins) + [SPECIAL]
@@ -132,48 +148,60 @@ class DemoBackbone(TTSBackbone):
         body = t.encode_text(text)
         ids += [*p_text, *body, t.task]
         mod += [TEXT] * (len(p_text) + len(body)) + [SPECIAL]
-        n = len(ids)
-        in_prompt = torch.zeros(n, dtype=torch.bool)
-        start = n - 1 - len(body) - len(p_text)
-        in_prompt[start : start + len(p_text)] = True
-        seq = TTSSequence(
-            torch.tensor(ids, dtype=torch.long),
-            torch.tensor(mod, dtype=torch.int8),
-            torch.full((n,), float("nan")),
-            in_prompt,
-        )
+        seq = self.text_ids(ids, mod)
+        start = len(ids) - 1 - len(body) - len(p_text)
+        seq.prompt[start : start + len(p_text)] = True
         if prompt:
             seq = self.append_speech(seq, prompt[1], prompt=True)
         self.check_length(len(seq), "the text")
         return seq
 
-    def speech_ids(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens + self.tok.speech_offset
+    def speech_ids(self, tokens_TC: torch.Tensor, start: int = 0) -> torch.Tensor:
+        return tokens_TC + self.tok.speech_offset
 
-    def embed(self, ids: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        return self.model.model.embed_tokens(ids)
+    def embed(self, ids_BTC: torch.Tensor, modality_BT: torch.Tensor) -> torch.Tensor:
+        return self.model.model.embed_tokens(ids_BTC[..., 0])
 
-    def forward_embeds(self, embeds_BTD: torch.Tensor, cache=None):
-        out = self.model.model(inputs_embeds=embeds_BTD, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state, out.past_key_values
+    def forward(self, embeds_BTD, attention_mask_BT, position_ids_BT, cache=None):
+        out = self.model.model(
+            inputs_embeds=embeds_BTD,
+            attention_mask=attention_mask_BT,
+            position_ids=position_ids_BT,
+            cache=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state, out.cache
 
     def speech_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._head is None:
             self._head = speech_head(self.model, self.tok.speech_offset, self.tok.eos).detach()
-        return hidden @ self._head.T
+        return hidden.to(self._head.dtype) @ self._head.T
 
     def layers(self):
         return self.model.model.layers
 
     def decode(self, tokens) -> np.ndarray:
-        return self.codec.decode(torch.as_tensor(tokens).cpu().numpy())
+        t = torch.as_tensor(tokens).cpu()
+        return self.codec.decode((t[:, 0] if t.ndim == 2 else t).numpy())
+
+    def encode_audio(self, wave: np.ndarray, sr: int) -> torch.Tensor:
+        """The demo codec's tokens [T, 1] of a waveform (resampled to the codec's rate when needed)."""
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim == 2:
+            wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
+        if sr != self.sample_rate:
+            import librosa
+
+            wave = librosa.resample(wave, orig_sr=sr, target_sr=self.sample_rate)
+        return torch.as_tensor(self.codec.encode(wave), dtype=torch.long)[:, None]
 
     def token_text(self, ids: torch.Tensor) -> list[str]:
         off, vocab = self.tok.speech_offset, self.tok.text_vocab
+        ids = ids[:, 0] if ids.ndim == 2 else ids
         return [vocab[i] if i < off else f"<s{i - off}>" for i in ids.tolist()]
 
     def instruct_mask(self, seq: TTSSequence) -> torch.Tensor:
-        eop = (seq.ids == self.tok.eop).nonzero()
+        eop = (seq.token_ids == self.tok.eop).nonzero()
         mask = torch.zeros(len(seq), dtype=torch.bool)
         if len(eop):
             mask[1 : int(eop[0])] = True
@@ -182,7 +210,7 @@ class DemoBackbone(TTSBackbone):
     def max_new_tokens(self, seq: TTSSequence) -> int:
         """Generous for the slowest speech in the corpus: ~3.5 tokens per character + laughs + 2 s."""
         n_text = int((seq.modality == TEXT).sum())
-        n_laugh = int((seq.ids == self.tok.index["[laughter]"]).sum())
+        n_laugh = int((seq.token_ids == self.tok.index["[laughter]"]).sum())
         return min(self.max_positions - len(seq), int(3.5 * n_text + 45 * n_laugh + 2 * self.token_rate))
 
 
