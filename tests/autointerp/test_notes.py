@@ -86,8 +86,8 @@ def test_steer_eval_notes_missing_whisper(steer_sae, tmp_path, no_whisper_weight
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
 
     cfg = SteerEvalConfig(
-        sae=[str(steer_sae)], attribute="gender", alphas=[0.0, 2.0], voices=2, texts=1, out=str(tmp_path / "sweep")
-    )
+        sae=[str(steer_sae)], attribute="gender", alphas=[0.0], voices=2, texts=1, out=str(tmp_path / "sweep")
+    )  # unsteered only: two syntheses, no timing run
     cfg.progress = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
