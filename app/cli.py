@@ -8,6 +8,7 @@ import os
 import sys
 
 from ttslens.app.cli_args import add_dataclass_args, from_args
+from ttslens.sae import notes
 from ttslens.sae.errors import TTSLensError
 
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ttslens {name}: interrupted (re-run the same command to continue)", file=sys.stderr)
         return 130
+    finally:
+        for n in notes.drain():
+            print(f"ttslens {name}: note: {n}", file=sys.stderr)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -26,6 +26,7 @@ import numpy as np
 
 from ttslens.audio.corpus import load_corpus
 from ttslens.audio.measures import laughter_detector_for
+from ttslens.sae import notes
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json, sae_info
@@ -197,7 +198,10 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
     tts = SteerableTTS.load(cfg.backbone or sae_info(cfg.sae[0]).get("backbone") or "demo", cfg.sae)
     target = cfg.steer or cfg.attribute
     tts.resolve({target: 1.0})  # fail early on an unknown target (and resolve presets once)
-    asr = ASR.load(cfg.asr) if cfg.asr else None
+    with notes.collect() as run_notes:
+        no_wer = f"no Whisper WER (words checked by MFCC-DTW and text match): whisper {cfg.asr!r} is not available"
+        fix = " (put its weights in ~/.cache/whisper, pass --asr PATH.pt, or --asr '' to skip WER)"
+        asr = notes.load_optional(lambda: ASR.load(cfg.asr), no_wer + fix) if cfg.asr else None
     texts = _texts(tts.bb, cfg.texts)
     alphas = sorted(set(float(a) for a in cfg.alphas) | {0.0})
     seeds = [cfg.seed + v for v in range(cfg.voices)]
@@ -261,14 +265,14 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
                 progress((i + 1) / len(jobs), f"alpha {a:+g}: text {t + 1}/{len(texts)}, voice {v}")
     if bar is not None:
         bar.close()
-    return _summarise(cfg, tts, out, texts, alphas, seeds, done, feats, asr is not None)
+    return _summarise(cfg, tts, out, texts, alphas, seeds, done, feats, asr is not None, run_notes)
 
 
 def _num(x) -> float | None:
     return None if x is None or x != x else round(float(x), 5)
 
 
-def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: bool) -> dict:
+def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: bool, run_notes: list[str]) -> dict:
     # content: distance to the unsteered output of the same (text, voice), vs re-sampled unsteered pairs
     base = [
         dtw_distance(feats.get((0.0, t, v)), feats.get((0.0, t, w)))
@@ -328,6 +332,7 @@ def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: 
         "unsteered": next(r for r in rows if r["alpha"] == 0.0)["mean"],
         "ms_per_token": {"unsteered": _num(plain_ms), "steered": _num(steered_ms), "alpha": strongest},
         "time_ratio": _num(steered_ms / plain_ms) if strongest else None,
+        "notes": run_notes,
     }
     result["png"] = str(_plot(result, out / "dose_response.png"))
     result["csv"] = str(_write_csv(rows, out / "dose_response.csv"))

@@ -1,6 +1,6 @@
 """The Gradio app (`ttslens app`).
 
-First the page's actions (`app.web.Studio`) as plain functions on the small steering SAE of
+First the page's actions (`app.studio.Studio`) as plain functions on the small steering SAE of
 tests/conftest.py (`steer_sae`: layer 3 of the shipped demo backbone, probe presets, labels of features
 0..47), a real dose-response sweep and the text-LLM tab on the tiny text LM; then `ttslens app` as a
 subprocess on 127.0.0.1 driven by a real browser (Debian's /usr/bin/chromium through Playwright; skipped
@@ -26,7 +26,9 @@ import numpy as np
 import pytest
 import torch
 
-from ttslens.app.web import AppConfig, Studio, activation_figure, build_app, card_html, n_features, parse_alphas
+from ttslens.app.render import activation_figure, card_html, n_features
+from ttslens.app.studio import Studio, parse_alphas
+from ttslens.app.web import AppConfig, build_app
 from ttslens.autointerp.browse import FeatureIndex
 from ttslens.sae.base import SAEConfig, make_sae
 from ttslens.sae.files import save_sae

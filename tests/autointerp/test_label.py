@@ -12,22 +12,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.audio.test_asr import checkpoint  # noqa: F401  (fixtures: tiny random models built there)
-from tests.audio.test_classifiers import ast_dir, gender_dir  # noqa: F401
 from ttslens.app.cli import main as cli
-from ttslens.autointerp.pipeline import Job, LabelConfig, run_label
+from ttslens.autointerp import pipeline
+from ttslens.autointerp.job import Job
+from ttslens.autointerp.labelers import CONFIDENT_AUROC
+from ttslens.autointerp.pipeline import LabelConfig, run_label
 
 OFFLINE = ["--asr", "", "--laughter-model", "", "--gender-model", "", "--no-progress"]
 KEY = "sk-label-test-SECRET-42"
-
-
-@pytest.fixture(scope="module")
-def small_sae(small_assets, tmp_path_factory):
-    out = tmp_path_factory.mktemp("label_sae") / "sae"
-    args = ["train", "--backbone", str(small_assets), "--layer", "1", "--latents", "48", "--k", "4"]
-    args += ["--tokens", "12000", "--batch-size", "512", "--eval-tokens", "1024", "--buffer-tokens", "4096"]
-    assert cli([*args, "--out", str(out)]) == 0
-    return out
 
 
 def label_args(sae, out, *extra):
@@ -36,6 +28,16 @@ def label_args(sae, out, *extra):
 
 def read_labels(out):
     return [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+
+
+def assert_scored(r: dict) -> None:
+    """A live feature with at least 3 held-out positives has a detection AUROC in [0, 1]; one without has
+    none and is not confident."""
+    s = r["scores"]
+    if s["n_pos"] >= 3:
+        assert s["detection_auroc"] is not None and 0 <= s["detection_auroc"] <= 1, r["feature"]
+    else:
+        assert s["detection_auroc"] is None and r["confident"] is False, r["feature"]
 
 
 def test_label_writes_records_clips_report_and_export(small_sae, tmp_path, capsys):
@@ -50,13 +52,13 @@ def test_label_writes_records_clips_report_and_export(small_sae, tmp_path, capsy
             continue
         assert r["label"] and 0 <= r["speech_share"] <= 1 and r["examples"]
         assert r["mean_act"] > 0 and sum(r["histogram"]["counts"]) > 0
-        auc = r["scores"]["detection_auroc"]
-        assert auc is None or 0 <= auc <= 1
+        assert_scored(r)
         for ex in r["examples"]:
             assert ex["modality"] in ("text", "speech", "special") and ex["act"] > 0
             if ex.get("clip"):
                 wave, sr = sf.read(out / ex["clip"])
                 assert sr == 16000 and len(wave) == 16000  # 1 s, padded at edges
+    assert any(r["scores"]["detection_auroc"] is not None for r in recs)
     speech = [r for r in recs if r["modality"] == "speech"]
     assert speech and any(e.get("clip") for r in speech for e in r["examples"])
     assert set(summary["detection_auroc"]) == {"text", "speech", "mixed", "all"}
@@ -71,22 +73,39 @@ def test_label_writes_records_clips_report_and_export(small_sae, tmp_path, capsy
     assert expl and all(e["description"] for e in expl)
 
 
+def test_a_feature_without_held_out_positives_is_not_confident(small_sae, tmp_path):
+    """--top 200 uses up the whole top pool (200 per feature): no held-out positives remain, so there is no
+    detection AUROC, and then no label is confident, however well it separated the top activations."""
+    out = tmp_path / "labels"
+    cfg = LabelConfig(
+        sae=str(small_sae), out=str(out), features="0:6", items=40, top=200, negatives=4, pool=204,
+        asr="", laughter_model="", gender_model="", progress=False,
+    )  # fmt: skip
+    run_label(cfg)
+    live = [r for r in read_labels(out) if r["modality"] != "dead"]
+    assert live
+    for r in live:
+        assert r["scores"]["n_pos"] == 0 and r["scores"]["detection_auroc"] is None and r["confident"] is False
+        assert_scored(r)
+    assert any(r["scores"]["selection_auroc"] >= CONFIDENT_AUROC for r in live)  # the labeler alone trusted it
+
+
 def test_kill_and_rerun_continues_without_duplicates(small_sae, tmp_path, monkeypatch):
     out = tmp_path / "labels"
     calls = {"n": 0}
-    real = Job.run_batch
+    real = pipeline.run_batch
 
-    def dies_on_second_batch(self, feats):
+    def dies_on_second_batch(job, feats):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(self, feats)
+        return real(job, feats)
 
-    monkeypatch.setattr(Job, "run_batch", dies_on_second_batch)
+    monkeypatch.setattr(pipeline, "run_batch", dies_on_second_batch)
     assert cli(label_args(small_sae, out, "--features", "0:24")) == 130
     assert len(list((out / "parts").glob("*.jsonl"))) == 1 and not (out / "labels.jsonl").exists()
     (out / "parts" / ".000008-000015-8.jsonl.junk.tmp").write_text('{"feature": 8, "trunc')  # a dead temp file
-    monkeypatch.setattr(Job, "run_batch", real)
+    monkeypatch.setattr(pipeline, "run_batch", real)
     assert cli(label_args(small_sae, out, "--features", "0:24")) == 0
     first = read_labels(out)
     assert [r["feature"] for r in first] == list(range(24))
@@ -224,8 +243,8 @@ def test_clip_measures_read_the_utterance_like_the_cut_clip(small):
     assert padded and edge["padded"] == 1.0 and len(clip) == small.sample_rate and not clip[:6000].any()
 
 
-def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path, checkpoint, ast_dir, gender_dir):  # noqa: F811
-    """The model-based clip measures (tiny random Whisper, AST, wav2vec2 built by the audio tests) reach the records."""
+def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path, whisper_checkpoint, ast_dir, gender_dir):
+    """The model-based clip measures (tiny random Whisper, AST, wav2vec2 of tests/conftest.py) reach the records."""
     out = tmp_path / "labels"
     summary = run_label(
         LabelConfig(
@@ -237,12 +256,14 @@ def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path, checkpoint, a
             quantiles=3,
             negatives=4,
             pool=12,
-            asr=str(checkpoint),
+            asr=str(whisper_checkpoint),
             laughter_model=str(ast_dir),
             gender_model=str(gender_dir),
             progress=False,
         )
     )
-    assert not [n for n in summary["notes"] if "not available" in n]
+    used = {"asr": str(whisper_checkpoint), "laughter": str(ast_dir), "p_male": str(gender_dir)}
+    assert summary["clip_models"] == used
+    assert not [n for n in summary["notes"] if "evidence" in n or "P(male)" in n]  # nothing missing
     meas = [e["measures"] for r in read_labels(out) for e in r["examples"] if e.get("measures")]
     assert meas and all("asr" in m and "asr_peak" in m and 0 <= m["laughter"] <= 1 for m in meas)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from ttslens.autointerp.job import parse_features
 from ttslens.autointerp.labelers import EvidenceLabeler, Hypothesis, hypotheses, predict
-from ttslens.autointerp.pipeline import parse_features
 from ttslens.autointerp.scoring import auroc, cohens_d, log_odds, summarise
 
 
