@@ -15,6 +15,7 @@ from ttslens.sae.errors import TTSLensError
 def _commands():
     from ttslens.app.web import AppConfig, run_app
     from ttslens.audio.backbones.demo.build import DemoBuildConfig
+    from ttslens.audio.backbones.registry import BackbonesConfig, run_backbones
     from ttslens.audio.commands import (
         QuickstartConfig,
         SynthesizeConfig,
@@ -49,6 +50,7 @@ def _commands():
         "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),
         "steer-eval": (SteerEvalConfig, run_steer_eval, "dose-response of a steering preset or feature"),
         "app": (AppConfig, run_app, "the web app: synthesize & steer, feature browser, sweeps, text LLM"),
+        "backbones": (BackbonesConfig, run_backbones, "list the TTS backbones: what each needs, usable or why not"),
         "demo build": (DemoBuildConfig, run_demo_build, "build the embedded demo TTS backbone from scratch"),
         "quickstart": (QuickstartConfig, run_quickstart, "offline end-to-end TTS loop on the embedded demo backbone"),
         "quickstart-text": (TextQuickstartConfig, run_text_quickstart, "offline SAE loop on a tiny text LM built here"),
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for n in notes.drain():
             print(f"ttslens {name}: note: {n}", file=sys.stderr)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
+    if result is not None and os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
         print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ttslens.app.render import fmt
 from ttslens.audio.measures import laughter_detector_for
+from ttslens.sae.devices import resolve_device
 from ttslens.sae.errors import BadInput
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Studio:
         from ttslens.autointerp.browse import FeatureIndex
 
         self.cfg = cfg
-        self.tts = SteerableTTS.load(cfg.backbone, cfg.sae)
+        self.tts = SteerableTTS.load(cfg.backbone, cfg.sae, device=cfg.device, dtype=cfg.dtype)
         self.index = {str(s.layer): FeatureIndex.load(s.path) for s in self.tts.saes}
         if cfg.work_dir:
             Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ class Studio:
         except ImportError as e:
             return None, f"Text-LLM steering is not available in this install ({e})."
         try:
-            return TextSteerer.load(cfg.text_model, cfg.text_sae), ""
+            return TextSteerer.load(cfg.text_model, cfg.text_sae, device=str(resolve_device(cfg.device))), ""
         except Exception as e:  # the other tabs still work
             print(f"ttslens app: text model not loaded: {e}", file=sys.stderr)
             return None, f"Could not load the text model {cfg.text_model!r}: {e}"

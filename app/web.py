@@ -29,6 +29,10 @@ class AppConfig:
     """TTS backbone name or `ttslens demo build` directory."""
     sae: list[str] = field(default_factory=list)
     """SAE directories on that backbone (one per layer); their labels (SAE_DIR/labels) feed the browser."""
+    device: str = "cpu"
+    """Torch device for the backbone, the text LM and the SAEs: cpu, cuda, cuda:N or auto."""
+    dtype: str = "float32"
+    """Backbone weights' dtype: float32, bfloat16 or float16."""
     text_model: str = ""
     """Optional: a Hugging Face causal LM (hub id or local directory) for the text-LLM tab."""
     text_sae: list[str] = field(default_factory=list)

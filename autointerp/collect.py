@@ -69,6 +69,9 @@ def _merge_top(vals_FM, idx_FM, new_vals_FN, new_idx_N, m):
     return top.values, idx.gather(1, top.indices)
 
 
+BATCH = 8  # corpus items per teacher-forced pass
+
+
 @torch.no_grad()
 def collect(
     backbone,
@@ -87,6 +90,7 @@ def collect(
     """Scan `items` (CorpusItem list; `corpus_index` their ids in the corpus) teacher-forced through
     `backbone` and `sae` at `layer`."""
     F = sae.cfg.d_sae
+    sae_device = next(sae.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     top_act, top_idx = torch.zeros(F, 0), torch.zeros(F, 0, dtype=torch.long)
     res_key, res_act, res_idx = torch.zeros(F, 0), torch.zeros(F, 0), torch.zeros(F, 0, dtype=torch.long)
@@ -109,7 +113,7 @@ def collect(
         x_ND, idx_N = x_ND[keep_N], idx_N[keep_N]
         if not len(idx_N):
             return
-        acts_NF = sae.encode(x_ND.float()).clamp_min(0)
+        acts_NF = sae.encode(x_ND.float().to(sae_device)).clamp_min(0).cpu()
         active_NF = acts_NF > 0
         fires += active_NF.sum(0)
         act_sum += acts_NF.sum(0, dtype=torch.float64)
@@ -127,21 +131,28 @@ def collect(
         rnd_key = r.values
 
     n_buf = 0
-    for j, it in enumerate(tqdm(items, desc="collect activations", unit="utt", disable=not progress)):
-        tf = backbone.teacher_forced(it.text, it.tokens, it.instruct, layers=[layer])
-        seq, n = tf.sequence, len(tf.sequence)
-        table["modality"].append(seq.modality)
-        table["token_id"].append(seq.ids.int())
-        table["time"].append(seq.times.float())
-        table["item_of"].append(torch.full((n,), j, dtype=torch.int32))
-        table["pos"].append(torch.arange(n, dtype=torch.int32))
-        starts.append(starts[-1] + n)
-        buf_x.append(tf.hidden[layer])
-        buf_keep.append(seq.modality != SPECIAL if skip_special else torch.ones(n, dtype=torch.bool))
-        n_buf += n
-        if n_buf >= chunk:
-            flush()
-            n_buf = 0
+    bar = tqdm(total=len(items), desc="collect activations", unit="utt", disable=not progress)
+    for j0 in range(0, len(items), BATCH):  # one padded pass per BATCH items, stopped after `layer`
+        group = items[j0 : j0 + BATCH]
+        tfs = backbone.teacher_forced_batch(
+            [(it.text, it.tokens, it.instruct) for it in group], layers=[layer], logits=False
+        )
+        for j, tf in enumerate(tfs, j0):
+            seq, n = tf.sequence, len(tf.sequence)
+            table["modality"].append(seq.modality)
+            table["token_id"].append(seq.token_ids.int())
+            table["time"].append(seq.times.float())
+            table["item_of"].append(torch.full((n,), j, dtype=torch.int32))
+            table["pos"].append(torch.arange(n, dtype=torch.int32))
+            starts.append(starts[-1] + n)
+            buf_x.append(tf.hidden[layer])
+            buf_keep.append(seq.modality != SPECIAL if skip_special else torch.ones(n, dtype=torch.bool))
+            n_buf += n
+            if n_buf >= chunk:
+                flush()
+                n_buf = 0
+        bar.update(len(group))
+    bar.close()
     flush()
     res_act = torch.where(res_key >= 0, res_act, torch.zeros(()))
     res_idx = torch.where(res_key >= 0, res_idx, torch.full((), -1))

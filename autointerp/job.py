@@ -106,8 +106,8 @@ class Job:
         read_cfg(self.sae_dir)  # clear error if missing
         info = sae_info(self.sae_dir)
         self.backbone_name, self.layer = self._backbone_and_layer(info)
-        self.sae = load_sae(self.sae_dir)
-        self.bb = load_backbone(self.backbone_name)
+        self.bb = load_backbone(self.backbone_name, device=cfg.device, dtype=cfg.dtype)
+        self.sae = load_sae(self.sae_dir, str(self.bb.device))
         if self.sae.cfg.d_in != self.bb.d_model:
             raise BadInput(
                 f"the SAE reads width {self.sae.cfg.d_in} but {self.backbone_name} has d_model {self.bb.d_model}"

@@ -39,6 +39,10 @@ class LabelConfig:
     """TTS backbone the SAE reads (demo or a build directory); empty = the one named in the SAE's metadata."""
     layer: int = -1
     """Layer the SAE reads; -1 = the one in the SAE's metadata (a different value is an error)."""
+    device: str = "cpu"
+    """Torch device for the backbone and the SAE: cpu, cuda, cuda:N or auto."""
+    dtype: str = "float32"
+    """Backbone weights' dtype: float32, bfloat16 or float16."""
     out: str = ""
     """Output directory; empty = SAE_DIR/labels. Re-running the same command continues where it stopped."""
     features: str = ""

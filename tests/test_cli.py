@@ -117,3 +117,9 @@ def test_torchrun_two_processes(synthetic, tmp_path):
     assert metrics["fvu"] < 0.7
     log = [json.loads(r) for r in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 20
+
+
+def test_backbones_lists_the_demo(capsys):
+    assert main(["backbones"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("demo")]
+    assert "usable" in line and "not usable" not in line

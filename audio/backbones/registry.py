@@ -73,10 +73,10 @@ class BackbonesConfig:
     """List the TTS backbones ttslens knows: name, what each needs, usable here now or why not."""
 
 
-def run_backbones(cfg: BackbonesConfig | None = None) -> dict:
+def run_backbones(cfg: BackbonesConfig | None = None) -> None:
+    """Print one line per backbone (`list_backbones()` has the same as data)."""
     rows = list_backbones()
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         state = "usable" if r["usable"] else f"not usable: {r['why_not']}"
         print(f"{r['name']:<{width}}  {state}  (needs {r['needs']})")
-    return {"backbones": rows}
