@@ -9,6 +9,7 @@ import sys
 
 from ttslens.app.cli_args import add_dataclass_args, from_args
 from ttslens.sae.errors import TTSLensError
+from ttslens.sae.steering import notes_to
 
 
 def _commands():
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{args.command} {args.subcommand}" if getattr(args, "subcommand", None) else args.command
     cls, fn, _ = _commands()[name]
     try:
-        result = fn(from_args(cls, args))
+        with notes_to(lambda msg: print(f"ttslens {name}: note: {msg}", file=sys.stderr)):
+            result = fn(from_args(cls, args))
     except TTSLensError as e:  # the user's input or files: one line; anything else is a bug (traceback)
         print(f"ttslens {name}: error: {e}", file=sys.stderr)
         return 2
