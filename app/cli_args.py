@@ -90,7 +90,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + ALIASES.get(path[-1], path[-1]).replace("_", "-")
         dest = "__".join(path)
         if more := f.metadata.get("help", "").replace("%", "%%"):
-            doc = f"{doc} {more[:1].upper()}{more[1:]}."
+            doc = f"{doc} {more[:1].upper()}{more[1:]}.".strip()
         if f.metadata.get("positional"):
             parser.add_argument(dest, metavar=path[-1].upper(), nargs="?", default=default, help=doc)
         elif typing.get_origin(t) is list:  # --steer a=1 b=2, or --steer a=1 --steer b=2
