@@ -1,5 +1,12 @@
 """Build argparse options from a config dataclass: one flag per field, help from the field's
-docstring, nested dataclasses flattened (so `TrainConfig.sae.k` is `--k`)."""
+docstring (and its `help` metadata), nested dataclasses flattened (so `TrainConfig.sae.k` is `--k`).
+
+A list option takes several values (`--steer a=1 b=2`), so it would also swallow a positional written
+after it (`synthesize --steer laughter=1 "some text"`). A list field may declare the `form` of its
+values (metadata, a predicate on the string); in a command with a positional, the last value of a list
+option that does not have that form is given back to the positional when the positional is not given
+otherwise (and the option keeps at least one value).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,11 @@ import textwrap
 import typing
 from functools import cache
 
+from ttslens.sae.errors import BadInput
+
 ALIASES = {"d_sae": "latents"}
 SKIP = {"d_in"}
+SPILLED = "_spilled"  # namespace attribute: [(action, index, value)] given back by list options
 
 
 @cache
@@ -37,21 +47,63 @@ def _fields(cls: type, prefix: tuple[str, ...] = ()):
             yield (*prefix, f.name), f, t, field_docs(cls).get(f.name, "")
 
 
+class ListOption(argparse.Action):
+    """`--opt A B C` (repeatable, values extend the list), converted here rather than by argparse so the
+    last value can be given back to a positional when it lacks the field's `form`."""
+
+    def __init__(self, *args, item: type = str, form=None, spill: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.item, self.form, self.spill = item, form, spill
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        values = list(values)
+        current = list(getattr(namespace, self.dest) or [])
+        if self.spill and self.form is not None and len(values) > 1 and not self.form(values[-1]):
+            spilled = getattr(namespace, SPILLED, [])
+            spilled.append((self, len(current) + len(values) - 1, values.pop()))
+            setattr(namespace, SPILLED, spilled)
+        converted = []
+        for v in values:
+            try:
+                converted.append(self.item(v))
+            except ValueError:
+                raise argparse.ArgumentError(self, f"invalid {self.item.__name__} value: {v!r}") from None
+        setattr(namespace, self.dest, current + converted)
+
+
+def _number_form(item: type):
+    def form(text: str) -> bool:
+        try:
+            item(text)
+        except ValueError:
+            return False
+        return True
+
+    return form
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    for path, f, t, doc in _fields(cls):
+    fields = list(_fields(cls))
+    has_positional = any(f.metadata.get("positional") for _, f, _, _ in fields)
+    for path, f, t, doc in fields:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + ALIASES.get(path[-1], path[-1]).replace("_", "-")
         dest = "__".join(path)
+        if more := f.metadata.get("help", "").replace("%", "%%"):
+            doc = f"{doc} {more[:1].upper()}{more[1:]}.".strip()
         if f.metadata.get("positional"):
             parser.add_argument(dest, metavar=path[-1].upper(), nargs="?", default=default, help=doc)
         elif typing.get_origin(t) is list:  # --steer a=1 b=2, or --steer a=1 --steer b=2
             (item,) = typing.get_args(t)
+            form = f.metadata.get("form") or (_number_form(item) if item in (int, float) else None)
             parser.add_argument(
                 flag,
                 dest=dest,
-                type=item,
                 nargs="+",
-                action="extend",
+                action=ListOption,
+                item=item,
+                form=form,
+                spill=has_positional,
                 default=None,
                 metavar=item.__name__.upper(),
                 help=f"{doc} (default: {' '.join(map(str, default)) or 'none'})",
@@ -73,8 +125,31 @@ def _default(cls: type, path: tuple[str, ...]):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
+def settle_spilled(cls: type, ns: argparse.Namespace) -> None:
+    """Values list options gave back (see the module doc): the first fills an empty positional, any
+    other goes back to its list (where it will be read, and refused, as one of its values)."""
+    spilled = getattr(ns, SPILLED, [])
+    if not spilled:
+        return
+    empty = [
+        "__".join(path)
+        for path, f, _t, _doc in _fields(cls)
+        if f.metadata.get("positional") and getattr(ns, "__".join(path)) in (None, "", _default(cls, path))
+    ]
+    if empty:
+        setattr(ns, empty[0], spilled.pop(0)[2])
+    for action, index, value in spilled:
+        try:
+            getattr(ns, action.dest).insert(index, action.item(value))
+        except ValueError:
+            flag = action.option_strings[0]
+            raise BadInput(f"{flag} takes {action.metavar} values, not {value!r}: fix the value after {flag}") from None
+    setattr(ns, SPILLED, [])
+
+
 def from_args(cls: type, ns: argparse.Namespace):
     """Instantiate `cls` (and its nested dataclasses) from parsed arguments."""
+    settle_spilled(cls, ns)
     kwargs: dict = {}
     for path, _f, t, _doc in _fields(cls):
         d = kwargs

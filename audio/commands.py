@@ -10,6 +10,12 @@ import numpy as np
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_path
+from ttslens.sae.steering import STRENGTHS, is_steer_spec, parse_steers
+
+
+def is_sae_dir(path: str) -> bool:
+    """An SAE directory (it holds cfg.json): how the CLI tells `--sae DIR` from the text after it."""
+    return (Path(path) / "cfg.json").is_file()
 
 
 @dataclass
@@ -35,12 +41,12 @@ class SynthesizeConfig:
     """Stop after this much speech (0 = the backbone's default limit for the text length)."""
     out: str = "speech.wav"
     """Output WAV file."""
-    sae: list[str] = field(default_factory=list)
+    sae: list[str] = field(default_factory=list, metadata={"form": is_sae_dir})
     """SAE directories to steer through (one per layer)."""
-    steer: list[str] = field(default_factory=list)
-    """Edits, e.g. laughter=40 gender=-30 rate=20 (presets: + male / + faster), 361=20 (feature id,
+    steer: list[str] = field(default_factory=list, metadata={"form": is_steer_spec, "help": STRENGTHS})
+    """Edits, e.g. laughter=2 gender=-3 rate=-2 (presets: + male / + faster), 361=3 (feature id,
     alpha x its mean activation), 361:clamp=5, 361:ablate, 361:direction=0.5 (x typical residual norm),
-    3/361=20 (the SAE at layer 3), "female voice=30" (a label search)."""
+    3/361=2 (the SAE at layer 3), "female voice=2" (a label search)."""
     scope: str = "speech"
     """Positions steered: speech | text | all | generated."""
     replace: bool = False
@@ -63,6 +69,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
     from ttslens.audio.measures.signal import measure
     from ttslens.audio.steering.api import SteerableTTS
 
+    parse_steers(cfg.steer)  # a wrong edit is named first (its hint is what `--steer gender` needs)
     if not cfg.text.strip():
         raise BadInput('empty text: give the words to speak, e.g. ttslens synthesize "hello there."')
     if cfg.steer and not cfg.sae:
@@ -85,6 +92,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
     measured = {k: None if v is None or v != v else round(float(v), 3) for k, v in m._asdict().items()}
     steered = [
         {"layer": e.layer, "feature": e.edit.feature, "op": e.edit.op, "alpha": e.edit.alpha, "from": e.source}
+        | ({"requested": e.requested} if e.requested is not None else {})
         | ({"label": e.label} if e.label else {})
         for e in out.edits
     ]

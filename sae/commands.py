@@ -131,8 +131,8 @@ def run_harvest(cfg: HarvestConfig) -> Path:
 class TextQuickstartConfig:
     """End to end, offline: build a tiny LM, train an SAE on its residual stream, evaluate it."""
 
-    out: str = "runs/quickstart"
-    """Output directory (model, corpus, SAE, metrics)."""
+    out: str = "runs/quickstart-text"
+    """Output directory (model, corpus, SAE, metrics); `ttslens quickstart` writes runs/quickstart."""
     arch: str = "batchtopk"
     """SAE architecture."""
     tokens: int = 300_000

@@ -10,8 +10,11 @@ Notation: N positions in scope, d model width, F latents, W_dec [F, d] (rows in 
 - `replace=True` is the paper-exact variant: h' = W_dec z' + b_dec, the SAE's reconstruction of the
   edited code (the SAE's error is dropped even at alpha = 0).
 
-`parse_steer` reads the strings the CLI, the app and the API share: `laughter=40`, `361=20`,
-`361:clamp=5`, `361:ablate`, `361:direction=2`, `3/361=20` (layer 3's SAE), `female voice=-30`.
+`parse_steer` reads the strings the CLI, the app and the API share: `laughter=2`, `361=3`,
+`361:clamp=5`, `361:ablate`, `361:direction=0.5`, `3/361=2` (layer 3's SAE), `female voice=-2`.
+`STRENGTHS` says what the numbers mean, once, for the help texts, the app and the error messages.
+Strengths beyond ±ALPHA_LIMIT are clipped with a `note` (one line; the CLI prints it, the edits
+record both the strength used and the one `requested`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +32,19 @@ import torch
 from ttslens.sae.base import SAE
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import load_sae, sae_info
+from ttslens.sae.notes import note  # noqa: F401  (re-exported: steering's notes are the one notes mechanism)
 
 OPS = ("add", "clamp", "ablate", "direction")
 UNITS = ("raw", "unit", "norm")
-ALPHA_LIMIT = 1000.0  # |alpha| beyond this is clipped (with a warning): the audio stays finite
+ALPHA_LIMIT = 1000.0  # |alpha| beyond this is clipped (with a note): the audio stays finite
+STRENGTHS = (
+    "strengths are multiples of the feature's mean activation Z̄; on the demo α ≈ 1–4 is already strong; "
+    ":clamp takes the value itself"
+)
+"""What a steering strength ALPHA means: the one statement the CLI help, the app and errors reuse."""
 
 
+# ---- notes: one-line notices to the user (not warnings: no source line) -------------------------
 @dataclass(frozen=True)
 class FeatureEdit:
     """One latent's edit. `alpha`: add → multiples of `mean_act`; clamp → the value; direction → in `units`."""
@@ -56,10 +65,11 @@ class FeatureEdit:
 
 
 def clip_alpha(alpha: float, what: str = "steering strength") -> float:
-    """`alpha` limited to ±ALPHA_LIMIT, warning when it had to be clipped."""
+    """`alpha` limited to ±ALPHA_LIMIT, with a `note` when it had to be clipped."""
     if abs(alpha) > ALPHA_LIMIT:
-        warnings.warn(f"{what} {alpha:g} clipped to ±{ALPHA_LIMIT:g}", stacklevel=3)
-        return math.copysign(ALPHA_LIMIT, alpha)
+        clipped = math.copysign(ALPHA_LIMIT, alpha)
+        note(f"{what} {alpha:g} clipped to {clipped:g} ({STRENGTHS})")
+        return clipped
     return alpha
 
 
@@ -73,7 +83,9 @@ class LayerSteer:
                 raise BadInput(f"feature {e.feature} out of range: this SAE has features 0..{F - 1}")
         self.sae, self.replace = sae, replace
         self.edits = [
-            FeatureEdit(e.feature, e.op, clip_alpha(e.alpha), e.mean_act, e.units) if e.op != "ablate" else e
+            FeatureEdit(e.feature, e.op, clip_alpha(e.alpha, f"feature {e.feature}'s strength"), e.mean_act, e.units)
+            if e.op != "ablate"
+            else e
             for e in edits
         ]
         self.typical_norm = typical_norm
@@ -135,29 +147,48 @@ class SteerRequest(NamedTuple):
 
 
 _SPEC = re.compile(r"^\s*(?:(\d+)\s*/\s*)?([^=:]+?)\s*(?::\s*([a-z]+))?\s*(?:=\s*(.*?))?\s*$")
+FORMS = "TARGET=ALPHA, TARGET:OP=ALPHA or N:ablate"
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def is_steer_spec(text: str) -> bool:
+    """Whether `text` has the form of an edit (TARGET=ALPHA, TARGET:op[=ALPHA] with a known op, N:ablate),
+    right or wrong in its details: how the CLI tells an edit from the positional text after `--steer`."""
+    m = _SPEC.match(text)
+    if not m or not m.group(2):
+        return False
+    _layer, _target, op, alpha = m.groups()
+    if op is not None:
+        return op in OPS and (alpha is None or _number(alpha) is not None)
+    return alpha is not None and _number(alpha) is not None
 
 
 def parse_steer(spec: str | tuple[object, float]) -> SteerRequest:
-    """'laughter=40', '361=20', '361:clamp=5', '361:ablate', '3/361:direction=2', 'female voice=-30'."""
+    """'laughter=2', '361=3', '361:clamp=5', '361:ablate', '3/361:direction=0.5', 'female voice=-2'."""
     if isinstance(spec, tuple):
         target, alpha = spec
         spec = f"{target}={alpha}" if alpha is not None else str(target)
     m = _SPEC.match(str(spec))
     if not m or not m.group(2):
-        raise BadInput(f"cannot read steering {spec!r}: write NAME=ALPHA, e.g. laughter=40 or 361:clamp=5")
+        raise BadInput(f"cannot read steering {spec!r}: write {FORMS}, e.g. laughter=2 or 361:clamp=5")
     layer, target, op, alpha = m.groups()
-    op = op or "add"
-    if op not in OPS:
+    if op is not None and op not in OPS:
         raise BadInput(f"unknown steering op {op!r} in {spec!r}: use one of {', '.join(OPS)}")
-    if alpha is None and op != "ablate":
-        raise BadInput(f"steering {spec!r} has no strength: write {target}={'' if op == 'add' else op}=ALPHA")
-    try:
-        a = float(alpha) if alpha is not None else 0.0
-    except ValueError:
-        raise BadInput(f"steering strength in {spec!r} is not a number") from None
+    if alpha is None and op in (None, "add", "clamp", "direction"):
+        written = f"{layer + '/' if layer else ''}{target.strip()}{':' + op if op else ''}=ALPHA"
+        raise BadInput(f"steering {spec!r} has no strength: write {written} ({STRENGTHS})")
+    a = _number(alpha) if alpha is not None else 0.0
+    if a is None:
+        raise BadInput(f"steering strength in {spec!r} is not a number: write {FORMS} ({STRENGTHS})")
     if not math.isfinite(a):
         raise BadInput(f"steering strength in {spec!r} must be finite")
-    return SteerRequest(target.strip().lower(), op, a, int(layer) if layer else None)
+    return SteerRequest(target.strip().lower(), op or "add", a, int(layer) if layer else None)
 
 
 def parse_steers(steer: Mapping | list | str | None) -> list[SteerRequest]:
@@ -181,9 +212,10 @@ class LoadedSAE(NamedTuple):
 
 class ResolvedEdit(NamedTuple):
     layer: int
-    edit: FeatureEdit
+    edit: FeatureEdit  # its alpha: the strength used (clipped to ±ALPHA_LIMIT)
     source: str  # what the request named: "preset laughter", "feature 361", "label 'female voice'"
     label: str  # the feature's auto-interp label ("" when unlabelled)
+    requested: float | None = None  # the strength asked for, when it was clipped (else None)
 
 
 def load_steer_saes(dirs, width: int, n_layers: int, model: str, device: str = "cpu") -> list[LoadedSAE]:
@@ -226,6 +258,22 @@ def read_labels(path: str | Path) -> dict[int, dict]:
 def confident_label(rec: dict | None) -> str:
     label = (rec or {}).get("label", "")
     return "" if label.lower().startswith("unclear") else label
+
+
+def clipped(edits: list[ResolvedEdit], r: SteerRequest) -> list[ResolvedEdit]:
+    """The edits with strengths beyond ±ALPHA_LIMIT clipped (the asked-for one kept as `requested`);
+    one note per request."""
+    out = []
+    for e in edits:
+        a = e.edit.alpha
+        if e.edit.op != "ablate" and abs(a) > ALPHA_LIMIT:
+            edit = FeatureEdit(e.edit.feature, e.edit.op, math.copysign(ALPHA_LIMIT, a), e.edit.mean_act, e.edit.units)
+            e = e._replace(edit=edit, requested=a)
+        out.append(e)
+    if any(e.requested is not None for e in out):
+        used = math.copysign(ALPHA_LIMIT, r.alpha)
+        note(f"steering {r.target}: strength {r.alpha:g} clipped to {used:g} ({STRENGTHS})")
+    return out
 
 
 class SAESteerer:
@@ -274,7 +322,7 @@ class SAESteerer:
         """Steering requests ({"361": 4, "361:clamp": 5}, ["female voice=-3"], "3/12=2") → edits."""
         out = []
         for r in parse_steers(steer):
-            out += self.resolve_named(r) or [self.resolve_feature(r)]
+            out += clipped(self.resolve_named(r) or [self.resolve_feature(r)], r)
         return out
 
     def resolve_named(self, r: SteerRequest) -> list[ResolvedEdit] | None:

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ttslens.audio.corpus import load_corpus
 from ttslens.audio.measures import laughter_detector_for
+from ttslens.audio.steering.presets import corpus_of
 from ttslens.sae import notes
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json, sae_info
+from ttslens.sae.steering import STRENGTHS
 
 ATTRIBUTES = {"laughter": "laughter probability", "gender": "P(male)", "rate": "voiced duration (s)"}
 
@@ -47,7 +48,7 @@ class SteerEvalConfig:
     """What to measure: laughter | gender | rate."""
     steer: str = ""
     """What to steer (default: the attribute's preset), e.g. 361, 361:clamp, "female voice"."""
-    alphas: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    alphas: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], metadata={"help": STRENGTHS})
     """Strengths to sweep (0 = unsteered)."""
     voices: int = 6
     """Voices per text (the demo has no voice prompt: each voice is a sampling seed)."""
@@ -74,11 +75,7 @@ CONFIG = "steer_eval_config.json"
 
 def _texts(bb, n: int) -> list[str]:
     """n held-out corpus texts of moderate length without tags (fallback: fixed sentences)."""
-    pool = [
-        it.text
-        for it in load_corpus(None, backbone=bb).items("heldout")
-        if "[" not in it.text and 25 <= len(it.text) <= 90
-    ]
+    pool = [it.text for it in corpus_of(bb, "heldout") if "[" not in it.text and 25 <= len(it.text) <= 90]
     pool += [t for t in FALLBACK_TEXTS if t not in pool]
     if n > len(pool):
         raise BadInput(f"--texts {n} is more than the {len(pool)} texts available: lower --texts")
@@ -188,6 +185,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
         raise BadInput("--alphas, --voices and --texts must each give at least one")
     if cfg.voices < 2:
         raise BadInput("--voices must be at least 2: the content baseline compares re-sampled outputs")
+    trained_on = sae_info(cfg.sae[0]).get("backbone")  # a missing SAE is named before anything is written
     out = Path(cfg.out or Path(cfg.sae[0]) / "steer_eval" / cfg.attribute)
     out.mkdir(parents=True, exist_ok=True)
     stamp = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")}
@@ -195,7 +193,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
         raise FileClash(f"{out} holds a sweep with other settings: pass another --out or delete it")
     atomic_write_json(out / CONFIG, stamp)
 
-    tts = SteerableTTS.load(cfg.backbone or sae_info(cfg.sae[0]).get("backbone") or "demo", cfg.sae)
+    tts = SteerableTTS.load(cfg.backbone or trained_on or "demo", cfg.sae)
     target = cfg.steer or cfg.attribute
     tts.resolve({target: 1.0})  # fail early on an unknown target (and resolve presets once)
     with notes.collect() as run_notes:
@@ -223,6 +221,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=sum(j in done for j in jobs), desc="steer-eval", unit="utt")
+    warm = False
     with open(samples_path, "a") as log:
         for i, (a, t, v) in enumerate(jobs):
             npy = out / "mfcc" / f"a{a:+g}_t{t}_v{v}.npy"
@@ -230,6 +229,9 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
                 f = np.load(npy)
                 feats[(a, t, v)] = f if f.size else None
                 continue
+            if not warm:  # the process's first generation is slower: time none of the recorded ones with it
+                tts.synthesize(texts[0], seed=cfg.seed, max_seconds=1.0)
+                warm = True
             syn = tts.synthesize(
                 texts[t], {target: a} if a else None, seed=v, scope=cfg.scope, replace=cfg.replace and a != 0
             )
@@ -266,6 +268,20 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
     if bar is not None:
         bar.close()
     return _summarise(cfg, tts, out, texts, alphas, seeds, done, feats, asr is not None, run_notes)
+
+
+def ms_per_token(recs: list[dict]) -> float:
+    """Generation time per step over samples (each step one token; +1 for the prefix / stop step)."""
+    return 1000 * sum(r["seconds"] for r in recs) / max(1, sum(r["tokens"] + 1 for r in recs))
+
+
+def timing(rows: list[dict], alpha: float) -> tuple[float | None, float | None, float | None]:
+    """(unsteered, steered at `alpha`) ms per token and their ratio, from the sweep's own rows: the same
+    texts and voices, generated the same way (warm-up excluded), so the ratio compares like with like."""
+    by_alpha = {r["alpha"]: r["ms_per_token"] for r in rows}
+    plain, steered = by_alpha.get(0.0), by_alpha.get(alpha) if alpha else None
+    ratio = _num(steered / plain) if plain and steered is not None else None
+    return plain, steered, ratio
 
 
 def _num(x) -> float | None:
@@ -309,16 +325,14 @@ def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: 
             "text_match_hi": _num(m_lo_hi[2]),
             "empty": int(sum(feats.get((a, t, v)) is None for t in range(len(texts)) for v in seeds)),
             "not_stopped": int(sum(not r["stopped"] for r in recs)),
-            "ms_per_token": _num(np.mean([r["ms_per_token"] for r in recs])),
+            "ms_per_token": _num(ms_per_token(recs)),
             "n": len(recs),
         }
         if has_asr:
             row["wer"] = _num(np.mean([r.get("wer", math.nan) for r in recs]))
         rows.append(row)
     strongest = max(alphas, key=abs)
-    plain_ms, steered_ms = (
-        time_per_token(tts, texts[0], {cfg.steer or cfg.attribute: strongest}) if strongest else (0, 0)
-    )
+    plain_ms, steered_ms, ratio = timing(rows, strongest)
     result = {
         "attribute": cfg.attribute,
         "measure": ATTRIBUTES[cfg.attribute],
@@ -331,7 +345,7 @@ def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: 
         "rows": rows,
         "unsteered": next(r for r in rows if r["alpha"] == 0.0)["mean"],
         "ms_per_token": {"unsteered": _num(plain_ms), "steered": _num(steered_ms), "alpha": strongest},
-        "time_ratio": _num(steered_ms / plain_ms) if strongest else None,
+        "time_ratio": ratio,
         "notes": run_notes,
     }
     result["png"] = str(_plot(result, out / "dose_response.png"))

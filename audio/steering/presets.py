@@ -12,6 +12,8 @@ Two ways to find them:
   Labels are the corpus truth where it has them, else what `audio.measures` hears in the decoded audio.
 - `labels`: the SAE's `labels.jsonl` from `ttslens label`: speech features whose label (or a close
   runner-up, AUROC ≥ 0.75) is the attribute's audio measure, best AUROC first.
+- `auto` (the default): per attribute, the labels where some feature is labelled as it, the probe for
+  the others (a partial `ttslens label` run labels some attributes only); each preset records its source.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.corpus import load_corpus
+from ttslens.audio.corpus import load_corpus, with_tokens
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, MissingFile
 from ttslens.sae.files import atomic_write_json, sae_info
-from ttslens.sae.steering import load_steer_saes
+from ttslens.sae.steering import load_steer_saes, note
 
 PRESETS = {
     "laughter": "+ laughter",
@@ -44,6 +46,27 @@ LABEL_KEYS = {
     "rate": ("speech:measure:syllable_rate:+", "speech:measure:syllable_rate:-"),
 }
 FILE = "presets.json"
+SOURCES = ("auto", "probe", "labels")
+
+
+# ---- what the backbone provides (one place each, to switch with the backbone interface) ------------
+def corpus_of(bb, split: str):
+    """The backbone's utterances of a split (items with text, tokens, instruct, truth; `ttslens.audio.corpus`)."""
+    return [with_tokens(it, bb) for it in load_corpus(None, backbone=bb).items(split)]
+
+
+def l1_logistic(C: float, **kwargs):
+    """An L1-penalised LogisticRegression on any scikit-learn: `l1_ratio=1.0` where `penalty` is deprecated
+    (≥ 1.8, where l1_ratio alone sets the penalty), else `penalty="l1"` (below 1.8 `l1_ratio` alone is
+    ignored and the fit is silently L2)."""
+    import inspect
+
+    from sklearn.linear_model import LogisticRegression
+
+    penalty = inspect.signature(LogisticRegression).parameters.get("penalty")
+    if penalty is None or penalty.default == "deprecated":
+        return LogisticRegression(l1_ratio=1.0, C=C, **kwargs)
+    return LogisticRegression(penalty="l1", C=C, **kwargs)
 
 
 @dataclass
@@ -57,7 +80,7 @@ class PresetConfig:
     backbone: str = ""
     """Backbone name or directory (default: the one the SAE was trained on)."""
     source: str = "auto"
-    """probe | labels | auto (labels when SAE_DIR/labels/labels.jsonl or --labels exists, else probe)."""
+    """probe | labels | auto (per attribute: the labels where a feature is labelled as it, else the probe)."""
     labels: str = ""
     """A labels.jsonl from `ttslens label` (default: SAE_DIR/labels/labels.jsonl)."""
     features: int = 3
@@ -124,14 +147,13 @@ def _labels_of(item, tf_seq, bb) -> dict[str, np.ndarray]:
 
 
 def probe_presets(
-    bb, sae, layer: int, items: int = 800, n_features: int = 3, seed: int = 0, progress=None
+    bb, sae, layer: int, items: int = 800, n_features: int = 3, seed: int = 0, progress=None, names=tuple(PRESETS)
 ) -> tuple[dict, list[float]]:
-    """One L1 logistic-regression probe per attribute on SAE latents at speech positions → (presets,
-    every feature's mean activation when active)."""
+    """One L1 logistic-regression probe per attribute (of `names`) on SAE latents at speech positions →
+    (presets, every feature's mean activation when active)."""
     from scipy import sparse
-    from sklearn.linear_model import LogisticRegression
 
-    corpus = load_corpus(None, backbone=bb).items("train")
+    corpus = corpus_of(bb, "train")
     if not corpus:
         raise BadInput(f"backbone {bb.name} has no corpus to fit probes on: use --source labels")
     rng = np.random.default_rng(seed)
@@ -159,7 +181,7 @@ def probe_presets(
     Zs = Z @ sparse.diags(1 / scale)
     mean_act = np.where(act_n > 0, act_sum / np.maximum(act_n, 1), 0)
     out = {}
-    for name in PRESETS:
+    for name in names:
         y = np.concatenate(labels[name])
         keep = ~np.isnan(y)
         if name == "rate":  # fastest vs slowest third of utterances
@@ -169,7 +191,7 @@ def probe_presets(
         X, t = Zs[keep], y[keep]
         if len(np.unique(t)) < 2:
             raise BadInput(f"the probe for {name} has only one class in {items} utterances: raise --items")
-        clf = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=0.05, max_iter=500, class_weight="balanced")
+        clf = l1_logistic(C=0.05, solver="liblinear", max_iter=500, class_weight="balanced")
         clf.fit(X, t)
         coef = clf.coef_[0]
         acc = float(clf.score(X, t))
@@ -187,12 +209,16 @@ def probe_presets(
             "minus": side(order[::-1]) if name != "laughter" else [],
             "probe_accuracy": round(acc, 4),
             "positions": int(keep.sum()),
+            "nonzero_coefs": int((coef != 0).sum()),  # L1: fewer than the features seen (L2: all of them)
+            "features_seen": int((X.getnnz(axis=0) > 0).sum()),
+            "source": "probe",
         }
     return out, [round(float(v), 4) for v in mean_act]
 
 
 # ---- labels -------------------------------------------------------------------------------------
 def label_presets(labels_path: str | Path, n_features: int = 3) -> dict:
+    """The presets the labels give: only the attributes with a feature labelled as their plus side."""
     recs = [json.loads(line) for line in Path(labels_path).read_text().splitlines() if line.strip()]
     out = {}
     for name, keys in LABEL_KEYS.items():
@@ -213,66 +239,85 @@ def label_presets(labels_path: str | Path, n_features: int = 3) -> dict:
             sides.append(
                 [{"feature": f, "auroc": round(s, 4), "mean_act": round(z, 4)} for s, f, z in found[:n_features]]
             )
-        if not sides[0]:
-            raise BadInput(f"no feature in {labels_path} is labelled as {name}: use --source probe")
-        out[name] = {"plus": sides[0], "minus": sides[1] if keys[1] else []}
+        if sides[0]:
+            out[name] = {"plus": sides[0], "minus": sides[1] if keys[1] else [], "source": "labels"}
     return out
 
 
-def resolve_presets(cfg: PresetConfig) -> dict:
-    """Compute (or read, when current) the presets of `cfg.sae` and save them in SAE_DIR/presets.json."""
-    from ttslens.audio import load_backbone
+def preset_sources(saved: dict) -> dict[str, str]:
+    """attribute → where its preset came from ("labels" or "probe")."""
+    return {n: p.get("source", saved.get("source", "")) for n, p in saved["presets"].items()}
 
+
+def resolve_presets(cfg: PresetConfig) -> dict:
+    """Compute (or read, when current) the presets of `cfg.sae` and save them in SAE_DIR/presets.json.
+    `source` in the file: probe, labels, or labels+probe (auto with labels for some attributes only)."""
     sae_dir = Path(cfg.sae)
     if not cfg.sae:
         raise BadInput("no SAE given: pass --sae DIR")
-    if cfg.source not in ("auto", "probe", "labels"):
-        raise BadInput(f"unknown preset source {cfg.source!r}: use auto, probe or labels")
+    if cfg.source not in SOURCES:
+        raise BadInput(f"unknown preset source {cfg.source!r}: use {', '.join(SOURCES)}")
     info = sae_info(sae_dir)
     saved = read_presets(sae_dir)
     if saved and not cfg.force and cfg.source in ("auto", saved.get("source")):
         return saved
     labels = Path(cfg.labels) if cfg.labels else sae_dir / "labels" / "labels.jsonl"
-    source = cfg.source if cfg.source != "auto" else ("labels" if labels.exists() else "probe")
-    layer = info.get("layer")
+    if cfg.source == "labels" and not labels.exists():
+        raise MissingFile(f"no labels at {labels}: run `ttslens label --sae {sae_dir}` or use --source probe")
+    presets = label_presets(labels, cfg.features) if cfg.source != "probe" and labels.exists() else {}
+    missing = [n for n in PRESETS if n not in presets]
+    if cfg.source == "labels" and missing:
+        raise BadInput(
+            f"no feature in {labels} is labelled as {', '.join(missing)}: use --source auto "
+            "(the probe for those) or --source probe"
+        )
     mean_act = None
-    if source == "labels":
-        if not labels.exists():
-            raise MissingFile(f"no labels at {labels}: run `ttslens label --sae {sae_dir}` or use --source probe")
-        presets = label_presets(labels, cfg.features)
-    else:
-        bb = load_backbone(cfg.backbone or info.get("backbone") or "demo")
-        (loaded,) = load_steer_saes(sae_dir, bb.d_model, bb.n_layers, f"backbone {bb.name}")
-        check_trained_on(info, bb, sae_dir)
-        bar = None
-        if cfg.progress:
-            from tqdm import tqdm
-
-            def bar(it):
-                return tqdm(it, desc="probe pass", unit="utt", leave=False)
-
-        with torch.no_grad():
-            presets, mean_act = probe_presets(bb, loaded.sae, layer, cfg.items, cfg.features, cfg.seed, bar)
+    if missing and presets:
+        note(f"no feature in {labels} is labelled as {', '.join(missing)}: fitting the probe for those")
+    if missing:
+        presets_probe, mean_act = _probe(cfg, sae_dir, info, missing)
+        presets |= presets_probe
+    presets = {n: presets[n] for n in PRESETS}
+    used = sorted({p["source"] for p in presets.values()})
     saved = {
-        "source": source,
-        "layer": layer,
+        "source": "+".join(used),
+        "layer": info.get("layer"),
         "weights": weights_digest(sae_dir),
         "meaning": PRESETS,
         "presets": presets,
         "config": {"features": cfg.features, "items": cfg.items, "seed": cfg.seed}
-        | ({"labels": str(labels)} if source == "labels" else {}),
+        | ({"labels": str(labels)} if "labels" in used else {}),
     } | ({"mean_act": mean_act} if mean_act else {})
     atomic_write_json(sae_dir / FILE, saved)
     return saved
 
 
+def _probe(cfg: PresetConfig, sae_dir: Path, info: dict, names: list[str]) -> tuple[dict, list[float]]:
+    """The probe presets of `names` (one pass over the backbone's corpus)."""
+    from ttslens.audio import load_backbone
+
+    bb = load_backbone(cfg.backbone or info.get("backbone") or "demo")
+    (loaded,) = load_steer_saes(sae_dir, bb.d_model, bb.n_layers, f"backbone {bb.name}")
+    check_trained_on(info, bb, sae_dir)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        def bar(it):
+            return tqdm(it, desc="probe pass", unit="utt", leave=False)
+
+    with torch.no_grad():
+        return probe_presets(bb, loaded.sae, loaded.layer, cfg.items, cfg.features, cfg.seed, bar, tuple(names))
+
+
 def run_presets(cfg: PresetConfig) -> dict:
-    """`ttslens presets`: resolve and save, then report each preset's features (not the statistics)."""
+    """`ttslens presets`: resolve and save, then report each preset's features and where they came from."""
     saved = resolve_presets(cfg)
     sides = ("plus", "minus")
     return {
         "out": str(Path(cfg.sae) / FILE),
         "source": saved["source"],
+        "sources": preset_sources(saved),
         "layer": saved["layer"],
         "presets": {n: {s: [f["feature"] for f in p[s]] for s in sides} for n, p in saved["presets"].items()},
     }

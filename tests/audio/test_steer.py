@@ -12,7 +12,8 @@ from ttslens.audio.backbones.base import Intervention, Positions
 from ttslens.audio.steering.api import SteerableTTS
 from ttslens.audio.steering.presets import FILE, preset_edits, read_presets
 from ttslens.sae.activations import SPEECH, TEXT
-from ttslens.sae.steering import FeatureEdit, LayerSteer
+from ttslens.sae.notes import collect
+from ttslens.sae.steering import ALPHA_LIMIT, STRENGTHS, FeatureEdit, LayerSteer
 
 TEXT_ = "we will meet at the station after lunch."
 
@@ -165,6 +166,28 @@ def test_cli_synthesize_with_steering(steer_sae, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert out.stat().st_size > 1000 and res["steered_positions"] > 0
     assert {e["from"] for e in res["steered"]} == {"preset laughter", "preset gender"}
+    # options first, the text last (what people type): the same synthesis
+    first = tmp_path / "first.wav"
+    assert (
+        cli(["synthesize", "--sae", str(steer_sae), "--steer", "laughter=3", "gender=-2", TEXT_, "--out", str(first)])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["steered"] == res["steered"]
+    assert first.read_bytes() == out.read_bytes()
+
+
+def test_cli_reports_the_clipped_strength_it_used(steer_sae, tmp_path, capsys):
+    args = ["synthesize", "hello.", "--sae", str(steer_sae), "--steer", "laughter=-5000", "7=2", "--max-seconds", "1"]
+    assert cli([*args, "--out", str(tmp_path / "c.wav")]) == 0
+    cap = capsys.readouterr()
+    assert cap.err.splitlines() == [
+        f"ttslens synthesize: note: steering laughter: strength -5000 clipped to -1000 ({STRENGTHS})"
+    ]
+    edits = json.loads(cap.out)["steered"]
+    laugh = [e for e in edits if e["from"] == "preset laughter"]
+    assert laugh and all(e["alpha"] == -ALPHA_LIMIT and e["requested"] == -5000 for e in laugh)
+    (f7,) = [e for e in edits if e["from"] == "feature 7"]
+    assert f7["alpha"] == 2 and "requested" not in f7
 
 
 @pytest.mark.parametrize(
@@ -185,9 +208,11 @@ def test_cli_bad_steering_is_one_line(steer_sae, tmp_path, capsys, args, msg):
 def test_bad_input(tts, steer_sae, small_assets, tmp_path, capsys):
     with pytest.raises(ValueError, match="empty text"):
         tts.synthesize("  ", {"laughter": 1})
-    with pytest.warns(UserWarning, match="clipped"):
+    with collect() as notes:
         out = tts.synthesize("hello.", {"laughter": 1e9}, seed=0, max_seconds=2)
     assert np.isfinite(out.wave).all()
+    assert notes == [f"steering laughter: strength 1e+09 clipped to 1000 ({STRENGTHS})"]
+    assert all(e.edit.alpha == ALPHA_LIMIT and e.requested == 1e9 for e in out.edits)
     with pytest.raises(ValueError, match="width"):  # an SAE for another backbone
         SteerableTTS.load(str(small_assets), steer_sae)
     assert cli(["synthesize", "hello.", "--steer", "laughter=1", "--out", str(tmp_path / "y.wav")]) == 2
@@ -204,7 +229,20 @@ def test_steer_eval_writes_curves_and_resumes(steer_sae, tmp_path, capsys):
     zero = res["rows"][1]
     assert zero["content"] == pytest.approx(1.0) and zero["text_match"] == pytest.approx(1.0)
     assert all(0 <= r["mean"] <= 1 and r["ci_lo"] <= r["mean"] <= r["ci_hi"] for r in res["rows"])
-    assert res["time_ratio"] > 0
+    rows = {r["alpha"]: r for r in res["rows"]}  # like for like: the sweep's own steered vs unsteered rows
+    assert res["ms_per_token"] == {
+        "unsteered": rows[0.0]["ms_per_token"],
+        "steered": rows[-2.0]["ms_per_token"],
+        "alpha": -2.0,
+    }
+    assert res["time_ratio"] == pytest.approx(rows[-2.0]["ms_per_token"] / rows[0.0]["ms_per_token"], abs=1e-4)
+    recs = [json.loads(r) for r in (out / "samples.jsonl").read_text().splitlines()]
+    ms = (
+        1000
+        * sum(r["seconds"] for r in recs if r["alpha"] == 2.0)
+        / sum(r["tokens"] + 1 for r in recs if r["alpha"] == 2.0)
+    )
+    assert rows[2.0]["ms_per_token"] == pytest.approx(ms, rel=1e-3)
     for f in ("dose_response.png", "dose_response.csv", "dose_response.json", "audio/alpha+2.wav"):
         assert (out / f).stat().st_size > 0
     n = len((out / "samples.jsonl").read_text().splitlines())
@@ -227,3 +265,44 @@ def test_layer_steer_applies_through_the_backbone_hooks(tts):
     speech = tf.sequence.modality == SPEECH
     torch.testing.assert_close(tf.hidden[3][speech], steer(tf_plain.hidden[3][speech]))
     assert torch.equal(tf.hidden[3][~speech], tf_plain.hidden[3][~speech])
+
+
+def test_presets_auto_takes_labels_where_there_are_and_the_probe_for_the_rest(steer_sae, tmp_path, capsys):
+    """Right after a partial `ttslens label` run: laughter is labelled, gender and rate are not."""
+    import shutil
+
+    sae = tmp_path / "sae"
+    shutil.copytree(steer_sae, sae)
+    laugh = {"modality": "speech", "hypothesis": "speech:measure:laughter:+", "mean_act": 2.0}
+    (sae / "labels" / "labels.jsonl").write_text(
+        json.dumps({"feature": 9, **laugh, "scores": {"detection_auroc": 0.9}})
+    )
+    args = ["presets", "--sae", str(sae), "--force", "--items", "120", "--no-progress"]
+    assert cli(args) == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
+    assert res["sources"] == {"laughter": "labels", "gender": "probe", "rate": "probe"}
+    assert (
+        "ttslens presets: note: no feature in" in cap.err and "labelled as gender, rate: fitting the probe" in cap.err
+    )
+    assert res["source"] == "labels+probe" and res["presets"]["laughter"]["plus"] == [9]
+    saved = read_presets(sae)
+    assert saved["presets"]["gender"]["plus"] and saved["presets"]["gender"]["source"] == "probe"
+    assert len(saved["mean_act"]) == 256  # the probe pass ran (for gender and rate)
+    assert cli([*args, "--source", "labels"]) == 2  # labels only: say which attributes have none
+    assert "labelled as gender, rate: use --source auto" in capsys.readouterr().err
+
+
+def test_the_probe_is_l1_on_this_scikit_learn(steer_sae):
+    """An L1 probe zeroes most coefficients: below scikit-learn 1.8 `l1_ratio` alone would fit L2."""
+    from ttslens.audio.steering.presets import l1_logistic
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 200))
+    y = (X[:, 0] - X[:, 1] + 0.3 * rng.normal(size=600) > 0).astype(int)
+    clf = l1_logistic(C=0.05, solver="liblinear", max_iter=500, class_weight="balanced").fit(X, y)
+    coef = clf.coef_[0]
+    assert (coef == 0).mean() > 0.9 and coef[0] > 0 > coef[1]
+    probes = read_presets(steer_sae)["presets"].values()  # the saved probes: sparse too (L2 keeps every feature)
+    assert all(0 < p["nonzero_coefs"] < p["features_seen"] for p in probes)
+    assert sum(p["nonzero_coefs"] for p in probes) < 0.8 * sum(p["features_seen"] for p in probes)

@@ -1,11 +1,25 @@
 """Steering edits on one layer: the exact math of each op, and the shared steering strings."""
 
+import warnings
+
 import pytest
 import torch
 
 from ttslens.sae import SAEConfig
 from ttslens.sae.base import make_sae
-from ttslens.sae.steering import ALPHA_LIMIT, FeatureEdit, LayerSteer, parse_steer, parse_steers
+from ttslens.sae.notes import collect
+from ttslens.sae.steering import (
+    ALPHA_LIMIT,
+    STRENGTHS,
+    FeatureEdit,
+    LayerSteer,
+    ResolvedEdit,
+    SteerRequest,
+    clipped,
+    is_steer_spec,
+    parse_steer,
+    parse_steers,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +86,16 @@ def test_direction_units_and_several_features_add_up(sae, h):
     torch.testing.assert_close(both[0], 2.0 * sae.W_dec[1] - 1.0 * sae.W_dec[4])
 
 
-def test_absurd_strength_is_clipped_with_a_warning_and_stays_finite(sae, h):
-    with pytest.warns(UserWarning, match="clipped"):
-        steer = LayerSteer(sae, [FeatureEdit(0, "add", 1e12, 1.0)])
-    assert steer.edits[0].alpha == ALPHA_LIMIT
+def test_absurd_strength_is_clipped_with_a_note_and_stays_finite(sae, h):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a note, not a Python warning
+        with collect() as notes:
+            steer = LayerSteer(sae, [FeatureEdit(0, "add", 1e12, 1.0), FeatureEdit(1, "clamp", -2e3)])
+    assert notes == [
+        f"feature 0's strength 1e+12 clipped to 1000 ({STRENGTHS})",
+        f"feature 1's strength -2000 clipped to -1000 ({STRENGTHS})",
+    ]
+    assert steer.edits[0].alpha == ALPHA_LIMIT and steer.edits[1].alpha == -ALPHA_LIMIT
     assert torch.isfinite(steer(h)).all()
     with pytest.raises(ValueError, match="finite"):
         FeatureEdit(0, "add", float("nan"))
@@ -97,3 +117,28 @@ def test_steering_strings():
             parse_steer(bad)
     with pytest.raises(ValueError, match="finite"):
         parse_steer("5=inf")
+
+
+def test_missing_strength_hints_write_the_right_form():
+    for spec, form in (("gender", "gender"), ("361:clamp", "361:clamp"), ("3/361:direction", "3/361:direction")):
+        with pytest.raises(ValueError) as e:
+            parse_steer(spec)
+        assert str(e.value) == f"steering {spec!r} has no strength: write {form}=ALPHA ({STRENGTHS})"
+    assert parse_steer("361:ablate").alpha == 0.0  # ablate takes none
+
+
+def test_what_looks_like_an_edit():
+    """How the CLI tells edits from the text after --steer: the form, right or wrong in its details."""
+    for edit in ("laughter=1", "361:clamp=5", "361:clamp", "361:ablate", "3/361=-2", "female voice=-2", "x:add=1e9"):
+        assert is_steer_spec(edit), edit
+    for text in ("some text", "hello.", "gender", "note: hello there", "x=y", "5:boost=1", ""):
+        assert not is_steer_spec(text), text
+
+
+def test_resolved_strengths_beyond_the_limit_are_clipped_once_with_what_was_asked():
+    edits = [ResolvedEdit(3, FeatureEdit(f, "add", a, 1.0), "preset gender", "") for f, a in ((1, 5e3), (2, 2.0))]
+    with collect() as notes:
+        out = clipped(edits, SteerRequest("gender", "add", 5e3, None))
+        assert clipped(edits[1:], SteerRequest("gender", "add", 2.0, None)) == edits[1:]  # nothing to say
+    assert [e.edit.alpha for e in out] == [ALPHA_LIMIT, 2.0] and [e.requested for e in out] == [5e3, None]
+    assert notes == [f"steering gender: strength 5000 clipped to 1000 ({STRENGTHS})"]
