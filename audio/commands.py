@@ -27,6 +27,10 @@ class SynthesizeConfig:
     """The text to speak (the demo backbone reads letters, spaces, .,?!'- and [laughter] tags)."""
     backbone: str = "demo"
     """Backbone name (demo) or a directory written by `ttslens demo build --out DIR`."""
+    device: str = "cpu"
+    """Torch device for the backbone and the SAE(s): cpu, cuda, cuda:N or auto."""
+    dtype: str = "float32"
+    """Backbone weights' dtype: float32, bfloat16 or float16."""
     instruct: str = ""
     """Optional instruct prefix, e.g. "a woman speaking quickly." (the demo knows gender and pace)."""
     seed: int = 0
@@ -74,7 +78,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         raise BadInput('empty text: give the words to speak, e.g. ttslens synthesize "hello there."')
     if cfg.steer and not cfg.sae:
         raise BadInput("--steer needs an SAE: pass --sae DIR (trained with `ttslens train --backbone`)")
-    tts = SteerableTTS.load(cfg.backbone, cfg.sae)
+    tts = SteerableTTS.load(cfg.backbone, cfg.sae, device=cfg.device, dtype=cfg.dtype)
     out = tts.synthesize(
         cfg.text,
         steer=cfg.steer,

@@ -2,7 +2,7 @@
 
     from ttslens.audio.steering.api import SteerableTTS
     tts = SteerableTTS.load("demo", sae="runs/demo_l3")
-    out = tts.synthesize("that was funny.", steer={"laughter": 40}, seed=0)
+    out = tts.synthesize("that was funny.", steer={"laughter": 1.5}, seed=0)
     out.wave, out.sample_rate, out.tokens, out.steered      # + out.activations with record=True
 
 `steer` takes presets (`laughter`, `gender` + male / − female, `rate` + faster / − slower), feature ids
@@ -16,7 +16,6 @@ without steering, so outputs differ only by the edit.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +33,7 @@ from ttslens.audio.steering.presets import (
     resolve_presets,
 )
 from ttslens.sae.errors import BadInput
+from ttslens.sae.notes import note
 from ttslens.sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteerer, SteerRequest, load_steer_saes
 
 
@@ -85,8 +85,10 @@ class SteerableTTS(SAESteerer):
     def presets(self, s: LoadedSAE) -> dict:
         """The SAE's saved presets, computed (and saved beside it) on first use."""
         if self.saved_presets(s) is None:
-            warnings.warn(f"resolving steering presets for {s.path} (saved to {s.path}/presets.json)", stacklevel=3)
-            self._presets[s.layer] = resolve_presets(PresetConfig(sae=str(s.path), progress=False))
+            note(f"resolving steering presets for {s.path} (saved to {s.path}/presets.json)")
+            self._presets[s.layer] = resolve_presets(
+                PresetConfig(sae=str(s.path), progress=False, device=str(self.bb.device))
+            )
         return self._presets[s.layer]
 
     def mean_act(self, s: LoadedSAE, f: int) -> float:
@@ -104,7 +106,7 @@ class SteerableTTS(SAESteerer):
         if r.target not in PRESETS:
             return None
         if r.op != "add":
-            raise BadInput(f"preset {r.target} takes a strength only (e.g. {r.target}=40), not :{r.op}")
+            raise BadInput(f"preset {r.target} takes a strength only (e.g. {r.target}=2), not :{r.op}")
         s = self.sae_at(r.layer)
         preset = self.presets(s)["presets"][r.target]
         return [

@@ -58,6 +58,10 @@ class SteerEvalConfig:
     """First seed."""
     backbone: str = ""
     """Backbone (default: the one the SAE was trained on)."""
+    device: str = "cpu"
+    """Torch device for the backbone and the SAE(s): cpu, cuda, cuda:N or auto."""
+    dtype: str = "float32"
+    """Backbone weights' dtype: float32, bfloat16 or float16."""
     scope: str = "speech"
     """Positions steered: speech | text | all | generated."""
     replace: bool = False
@@ -193,7 +197,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
         raise FileClash(f"{out} holds a sweep with other settings: pass another --out or delete it")
     atomic_write_json(out / CONFIG, stamp)
 
-    tts = SteerableTTS.load(cfg.backbone or trained_on or "demo", cfg.sae)
+    tts = SteerableTTS.load(cfg.backbone or trained_on or "demo", cfg.sae, device=cfg.device, dtype=cfg.dtype)
     target = cfg.steer or cfg.attribute
     tts.resolve({target: 1.0})  # fail early on an unknown target (and resolve presets once)
     with notes.collect() as run_notes:

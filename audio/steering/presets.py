@@ -79,6 +79,10 @@ class PresetConfig:
     """SAE directory (trained on a TTS backbone with `ttslens train --backbone`)."""
     backbone: str = ""
     """Backbone name or directory (default: the one the SAE was trained on)."""
+    device: str = "cpu"
+    """Torch device for the backbone and the SAE(s): cpu, cuda, cuda:N or auto."""
+    dtype: str = "float32"
+    """Backbone weights' dtype: float32, bfloat16 or float16."""
     source: str = "auto"
     """probe | labels | auto (per attribute: the labels where a feature is labelled as it, else the probe)."""
     labels: str = ""
@@ -166,7 +170,7 @@ def probe_presets(
         item = corpus[int(i)]
         tf = bb.teacher_forced(item.text, item.tokens, item.instruct, layers=[layer])
         speech = tf.sequence.modality == SPEECH
-        z = sae.encode(tf.hidden[layer][speech]).numpy()
+        z = sae.encode(tf.hidden[layer][speech].to(bb.device)).cpu().numpy()
         r, c = np.nonzero(z)
         rows.append(r + n_rows)
         cols.append(c)
@@ -296,8 +300,8 @@ def _probe(cfg: PresetConfig, sae_dir: Path, info: dict, names: list[str]) -> tu
     """The probe presets of `names` (one pass over the backbone's corpus)."""
     from ttslens.audio import load_backbone
 
-    bb = load_backbone(cfg.backbone or info.get("backbone") or "demo")
-    (loaded,) = load_steer_saes(sae_dir, bb.d_model, bb.n_layers, f"backbone {bb.name}")
+    bb = load_backbone(cfg.backbone or info.get("backbone") or "demo", device=cfg.device, dtype=cfg.dtype)
+    (loaded,) = load_steer_saes(sae_dir, bb.d_model, bb.n_layers, f"backbone {bb.name}", str(bb.device))
     check_trained_on(info, bb, sae_dir)
     bar = None
     if cfg.progress:

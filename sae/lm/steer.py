@@ -1,7 +1,7 @@
 """SAE-feature steering of a Hugging Face text causal LM, the text counterpart of `audio.steer`.
 
     from ttslens.sae.lm.steer import TextSteerer
-    ts = TextSteerer.load("runs/quickstart/model", sae="runs/quickstart/sae")
+    ts = TextSteerer.load("runs/quickstart-text/model", sae="runs/quickstart-text/sae")
     out = ts.generate("the cat", steer={"361": 4}, seed=0)
     out.text, out.tokens, out.steered
     default, steered = ts.compare("the cat", "cat words=4")
