@@ -16,11 +16,11 @@ from ttslens.app.render import fmt
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.devices import resolve_device
 from ttslens.sae.errors import BadInput
+from ttslens.sae.steering import PRESET_NAMES
 
 if TYPE_CHECKING:
     from ttslens.app.web import AppConfig
 
-PRESET_NAMES = ("laughter", "gender", "rate")
 MAX_STRENGTH = 50.0  # anything beyond is refused (API callers can send what sliders cannot)
 N_CLIPS = 4  # audio players on a feature card
 

@@ -25,6 +25,7 @@ from ttslens.autointerp.record import feature_record
 from ttslens.autointerp.scoring import summarise
 from ttslens.sae import notes
 from ttslens.sae.files import atomic_path
+from ttslens.sae.steering import read_labels
 
 
 @dataclass
@@ -191,9 +192,7 @@ def read_records(out: Path) -> list[dict]:
     recs: dict[int, dict] = {}
     parts = sorted((out / "parts").glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
     for p in parts:
-        for line in p.read_text().splitlines():
-            r = json.loads(line)
-            recs[r["feature"]] = r
+        recs.update(read_labels(p))
     return [recs[k] for k in sorted(recs)]
 
 

@@ -35,6 +35,7 @@ from ttslens.sae.files import load_sae, sae_info
 from ttslens.sae.notes import note  # noqa: F401  (re-exported: steering's notes are the one notes mechanism)
 
 OPS = ("add", "clamp", "ablate", "direction")
+PRESET_NAMES = ("laughter", "gender", "rate")  # the TTS steering presets (ttslens.audio.steering.presets)
 UNITS = ("raw", "unit", "norm")
 ALPHA_LIMIT = 1000.0  # |alpha| beyond this is clipped (with a note): the audio stays finite
 STRENGTHS = (

@@ -32,13 +32,11 @@ from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, MissingFile
 from ttslens.sae.files import atomic_write_json, sae_info
-from ttslens.sae.steering import load_steer_saes, note
+from ttslens.sae.steering import PRESET_NAMES, load_steer_saes, note, read_labels
 
-PRESETS = {
-    "laughter": "+ laughter",
-    "gender": "+ male voice / - female voice",
-    "rate": "+ faster speech / - slower speech",
-}
+PRESETS = dict(
+    zip(PRESET_NAMES, ("+ laughter", "+ male voice / - female voice", "+ faster speech / - slower speech"), strict=True)
+)
 # label keys written by autointerp's evidence labeler for each side of each attribute
 LABEL_KEYS = {
     "laughter": ("speech:measure:laughter:+", None),
@@ -223,7 +221,7 @@ def probe_presets(
 # ---- labels -------------------------------------------------------------------------------------
 def label_presets(labels_path: str | Path, n_features: int = 3) -> dict:
     """The presets the labels give: only the attributes with a feature labelled as their plus side."""
-    recs = [json.loads(line) for line in Path(labels_path).read_text().splitlines() if line.strip()]
+    recs = list(read_labels(labels_path).values())
     out = {}
     for name, keys in LABEL_KEYS.items():
         sides = []

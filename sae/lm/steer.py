@@ -30,10 +30,9 @@ from ttslens.sae.errors import BadInput
 from ttslens.sae.hooks import Hooks, layer_output, residual_layers
 from ttslens.sae.lm.harvest import load_model, load_text_dataset
 from ttslens.sae.sampling import generators, sample
-from ttslens.sae.steering import LayerSteer, LoadedSAE, ResolvedEdit, SAESteerer, load_steer_saes
+from ttslens.sae.steering import PRESET_NAMES, LayerSteer, LoadedSAE, ResolvedEdit, SAESteerer, load_steer_saes
 
 SCOPES = ("all", "generated", "prompt")
-TTS_PRESETS = ("laughter", "gender", "rate")
 CALIBRATION_DOCS = 32
 
 
@@ -113,7 +112,7 @@ class TextSteerer(SAESteerer):
         return z_NF.clamp_min(0).sum(0) / fired_F.clamp_min(1)
 
     def unknown(self, target: str, saes: list[LoadedSAE]) -> str:
-        if target in TTS_PRESETS:
+        if target in PRESET_NAMES:
             return (
                 f"steering preset {target!r} is TTS-only: on a text model name a feature id (e.g. 361=4) "
                 "or words of a feature's label"
