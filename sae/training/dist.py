@@ -53,6 +53,14 @@ def broadcast_float(x: float) -> float:
     return float(t)
 
 
+def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value of `t` (a copy) on every process."""
+    t = t.detach().clone()
+    if tdist.is_initialized():
+        tdist.broadcast(t, 0)
+    return t
+
+
 def barrier() -> None:
     if tdist.is_initialized():
         tdist.barrier()
