@@ -125,7 +125,8 @@ def centred_sq_sum(x_BD: torch.Tensor) -> torch.Tensor:
         return (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     with torch.no_grad():
         x = x_BD.detach().double()
-        stats = torch.cat([x.sum(0), x.pow(2).sum().view(1), torch.tensor([float(x.shape[0])], dtype=x.dtype)])
+        n = torch.tensor([float(x.shape[0])], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum(0), x.pow(2).sum().view(1), n])
         batch_all_reduce(stats)
         sum_x, sum_sq, n = stats[:-2], stats[-2], stats[-1]
         return (sum_sq - sum_x.pow(2).sum() / n).clamp_min(1e-12).to(x_BD.dtype)

@@ -81,25 +81,24 @@ class BatchTopKSAE(SAE):
             padded = torch.zeros(n_keep, dtype=cand.dtype, device=cand.device)  # zeros are never kept
             padded[: cand.numel()] = cand
             cand = batch_all_gather(padded)
-            n_pos = int(batch_all_reduce(torch.tensor([float((padded > 0).sum())], dtype=torch.float64)))
+            n_pos = int(batch_all_reduce((padded > 0).sum().double().view(1)))
         else:
             n_pos = cand.numel()
         if n_pos < n_keep:
             mask = pre_BF > 0
         else:
             t = cand.topk(n_keep, sorted=False).values.min() if cand.numel() > n_keep else cand.min()
-            mask = pre_BF > t
-            counts = torch.tensor([float(mask.sum()), float((pre_BF == t).sum())], dtype=torch.float64)
+            mask, tied = pre_BF > t, pre_BF == t
+            counts = torch.stack([mask.sum(), tied.sum()]).double()
             ties_before = 0
             if world > 1:
                 per_rank = batch_all_gather(counts.view(1, 2))  # [world, 2]
                 ties_before = int(per_rank[:rank, 1].sum())
                 counts = per_rank.sum(0)
             n_short = n_keep - int(counts[0])  # >= 1: t itself is among the top n
-            take = min(max(n_short - ties_before, 0), int((pre_BF == t).sum()))
+            take = min(max(n_short - ties_before, 0), int(tied.sum()))
             if take:
-                ties = (pre_BF == t).reshape(-1).nonzero().squeeze(1)[:take]
-                mask.view(-1)[ties] = True
+                mask.view(-1)[tied.reshape(-1).nonzero().squeeze(1)[:take]] = True
         return mask.nonzero(as_tuple=True)  # row-major: rows come sorted
 
     @torch.no_grad()

@@ -245,22 +245,18 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         step += 1
         tok_last += cfg.batch_size
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            # global-batch values: the mean over processes of each one's loss terms, the total L0
-            terms = {"loss": res.loss, **res.terms}
-            vals = torch.stack([v.detach().float() for v in terms.values()] + [(res.vals > 0).sum().float()])
-            vals = all_sum(vals.cpu().double()) / dist.world
+        log_now = step % cfg.log_every == 0 or step == cfg.steps
+        row = _log_row(res, cfg, dist) if log_now else {}  # a collective: every process takes part
+        if log_now and dist.main:
             now = time.perf_counter()
             row = {
                 "step": step,
                 "tokens": step * cfg.batch_size,
                 "tokens_per_s": tok_last / (now - t_last),
                 "lr": opt.param_groups[0]["lr"],
-                **{k: float(v) for k, v in zip(terms, vals[:-1].tolist(), strict=True)},
-                "l0": float(vals[-1]) * dist.world / cfg.batch_size,
+                **row,
                 "dead_pct": 100 * float((since_fired >= dead_after).float().mean()),
             }
-        if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.set_postfix(
@@ -282,7 +278,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     # ---- final: metrics on held-out data, raw-activation SAE on disk ---------------------------
     result = sae.to("cpu")
     result.fold_scale(scale)
-    calibration = _calibrate(result, batches, scale, cfg, dist, say)
+    calibration = _calibrate(result, batches, cfg, dist, say)
     metrics = {}
     if dist.main:
         say(f"evaluating on {cfg.eval_tokens} held-out rows ...")
@@ -305,7 +301,15 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     return TrainResult(out, result.eval(), metrics)
 
 
-def _calibrate(sae: SAE, batches, scale: float, cfg: TrainConfig, dist: DistInfo, say) -> dict:
+def _log_row(res: ForwardOutput, cfg: TrainConfig, dist: DistInfo) -> dict:
+    """The step's loss terms and L0 over the global batch (a collective: every process calls it)."""
+    terms = {"loss": res.loss, **res.terms}  # each process's term is world x its share: the mean is global
+    vals = torch.stack([v.detach().float() for v in terms.values()] + [(res.vals > 0).sum().float()])
+    vals = (all_sum(vals.double()) / dist.world).cpu().tolist()
+    return {**dict(zip(terms, vals[:-1], strict=True)), "l0": vals[-1] * dist.world / cfg.batch_size}
+
+
+def _calibrate(sae: SAE, batches, cfg: TrainConfig, dist: DistInfo, say) -> dict:
     """BatchTopK: set the inference threshold so the mean L0 is k on the training stream's next
     `cfg.calibration_tokens` rows (see `BatchTopKSAE.calibrate_threshold`); rank 0 decides."""
     if not hasattr(sae, "calibrate_threshold") or cfg.calibration_tokens <= 0:
