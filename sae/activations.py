@@ -5,7 +5,8 @@ int8: 0 text, 1 speech, 2 special). Every block starts from a small `state` dict
 be re-created exactly at a block boundary (that is how `--resume` is bit-identical).
 
 - `CachedActivations`: a safetensors file, or a directory of shards, holding `activations` [N, d]
-  and optional companions with the same first dimension.
+  and optional companions with the same first dimension. A directory written by `ttslens harvest`
+  is read through its manifest.json: exactly the shards it lists.
 - `ModelActivations` (in `ttslens.sae.lm.harvest`): a Hugging Face causal LM + a text dataset, hooked at a layer.
 
 `BatchStream` shuffles each block with a generator seeded by (seed, rank, block) and yields
@@ -14,6 +15,7 @@ batches; its position is (source state at block start, block number, batches tak
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from ttslens.sae.errors import BadInput, MissingFile
 MODALITIES = ("text", "speech", "special")
 TEXT, SPEECH, SPECIAL = 0, 1, 2
 ACTS_KEY = "activations"
+MANIFEST = "manifest.json"
 
 
 class Block(NamedTuple):
@@ -55,7 +58,10 @@ class CachedActivations:
     def __init__(self, path: str | Path, window: tuple[int, int] | None = None) -> None:
         """`window=(lo, hi)`: use only rows lo..hi-1 (e.g. to hold out the tail for evaluation)."""
         self.path = Path(path)
-        if self.path.is_dir():
+        listed_rows = None  # rows a harvest manifest records
+        if (self.path / MANIFEST).exists():
+            files, listed_rows = self._manifest_shards()
+        elif self.path.is_dir():
             files = sorted(self.path.glob("*.safetensors"))
         elif self.path.exists():
             files = [self.path]
@@ -87,10 +93,28 @@ class CachedActivations:
             self.meta_keys = metas if f == files[0] else [k for k in self.meta_keys if k in metas]
             self.starts.append(self.starts[-1] + shape[0])
         self.total_rows = self.starts[-1]
+        if listed_rows is not None and self.total_rows != listed_rows:
+            raise BadInput(
+                f"{self.path}: its shards hold {self.total_rows} rows, {MANIFEST} says {listed_rows}; re-harvest it"
+            )
         if self.total_rows == 0:
             raise BadInput(f"{self.path} holds no activation rows")
         self.lo, hi = window or (0, self.total_rows)
         self.n_rows = hi - self.lo
+
+    def _manifest_shards(self) -> tuple[list[Path], int]:
+        """The shards a harvest's manifest lists (a stray or half-written file beside them is never read)."""
+        where = self.path / MANIFEST
+        try:
+            manifest = json.loads(where.read_text())
+            names, rows = list(manifest["shards"]), int(manifest["rows"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise BadInput(f"{where} is not a harvest manifest ({e}); re-harvest into a new directory") from e
+        files = [self.path / n for n in names]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise MissingFile(f"{where} lists shards that are missing ({', '.join(missing[:3])}); re-harvest them")
+        return files, rows
 
     def start_state(self, rank: int = 0, world: int = 1) -> dict:
         return {"block": rank, "stride": world}

@@ -3,16 +3,18 @@
 Notation: B tokens, d = d_in, F = d_sae latents, K active latents per token.
 Pre-activation h = (x - b_dec) W_enc^T + b_enc; reconstruction x_hat = z W_dec + b_dec.
 Both W_enc and W_dec are stored [F, d] (one row per latent, embedding-bag friendly);
-SAELens files hold W_enc transposed, see `sae.io`.
+SAELens files hold W_enc transposed, see `ttslens.sae.files`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, NamedTuple
 
 import torch
+import torch.distributed as tdist
 from torch import nn
 
 from ttslens.sae.errors import BadInput
@@ -78,10 +80,65 @@ class ForwardOutput(NamedTuple):
     rows: torch.Tensor | None = None
 
 
+# ---- data parallel: one batch spread over processes ---------------------------------------------
+_GLOBAL_BATCH = False
+
+
+@contextlib.contextmanager
+def global_batch(enabled: bool = True):
+    """Inside this block (the trainer's steps under torchrun) "the batch" is every process's batch
+    together, in rank order: BatchTopK selects over it and updates its threshold from it, and FVU
+    denominators span it. Outside it (or without a process group) each process is on its own."""
+    global _GLOBAL_BATCH
+    prev = _GLOBAL_BATCH
+    _GLOBAL_BATCH = enabled and tdist.is_initialized() and tdist.get_world_size() > 1
+    try:
+        yield
+    finally:
+        _GLOBAL_BATCH = prev
+
+
+def batch_world() -> tuple[int, int]:
+    """(rank, world) of the batch's processes: (0, 1) outside `global_batch`."""
+    return (tdist.get_rank(), tdist.get_world_size()) if _GLOBAL_BATCH else (0, 1)
+
+
+def batch_all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce `t` (no graph) over the batch's processes, in place; the identity alone."""
+    if _GLOBAL_BATCH:
+        tdist.all_reduce(t, {"sum": tdist.ReduceOp.SUM, "min": tdist.ReduceOp.MIN}[op])
+    return t
+
+
+def batch_all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate `t` (same shape on every process) over the batch's processes, in rank order."""
+    if not _GLOBAL_BATCH:
+        return t
+    parts = [torch.empty_like(t) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def centred_sq_sum(x_BD: torch.Tensor) -> torch.Tensor:
+    """sum ||x - mean(x)||^2 over the batch (over every process's rows under `global_batch`)."""
+    if not _GLOBAL_BATCH:
+        return (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    with torch.no_grad():
+        x = x_BD.detach().double()
+        n = torch.tensor([float(x.shape[0])], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum(0), x.pow(2).sum().view(1), n])
+        batch_all_reduce(stats)
+        sum_x, sum_sq, n = stats[:-2], stats[-2], stats[-1]
+        return (sum_sq - sum_x.pow(2).sum() / n).clamp_min(1e-12).to(x_BD.dtype)
+
+
 def fvu_loss(x_BD: torch.Tensor, recon_BD: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained, centred by the batch mean (scale-free training loss)."""
-    denom = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return (x_BD - recon_BD).pow(2).sum() / denom
+    """Fraction of variance unexplained, centred by the batch mean (scale-free training loss).
+
+    Under `global_batch` each process returns world * its share of the global batch's FVU, so the
+    mean over processes (what DDP's gradient averaging differentiates) is exactly that FVU."""
+    world = batch_world()[1]
+    return world * (x_BD - recon_BD).pow(2).sum() / centred_sq_sum(x_BD)
 
 
 ARCHITECTURES: dict[str, type[SAE]] = {}
@@ -215,8 +272,7 @@ class SAE(nn.Module):
         vals_BA = self.preacts_at(x_BD, pre_BF, idx_BA).relu()
         e_BD = (x_BD - recon_BD).detach()
         e_hat_BD = sparse_decode(vals_BA, idx_BA, self.W_dec)
-        denom = (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return (e_BD - e_hat_BD).pow(2).sum() / denom
+        return fvu_loss(e_BD, e_hat_BD)  # global-batch aware, like the main term
 
 
 def make_sae(cfg: SAEConfig) -> SAE:

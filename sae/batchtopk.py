@@ -1,11 +1,54 @@
 """BatchTopK SAE (Bussmann et al. 2024): top N*k activations over the whole batch while training;
-a single global threshold theta at inference, so z = h * 1[h > theta] per token (JumpReLU)."""
+a single global threshold theta at inference, so z = h * 1[h > theta] per token (JumpReLU).
+
+Under torchrun the batch is every process's batch together (`ttslens.sae.base.global_batch`): the
+kept set is the one a single process would keep on the concatenated batch, and theta is updated from
+that batch's smallest kept value, so replicas need no threshold averaging.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ttslens.sae.base import SAE, ForwardOutput, register
+from ttslens.sae.base import SAE, ForwardOutput, batch_all_gather, batch_all_reduce, batch_world, register
+
+SAMPLE = 262_144
+"""Entries of pre_BF read (strided) to estimate the selection's cut when B*F is larger than twice this."""
+
+
+def sample_stride(numel: int, F: int) -> int:
+    """Stride of the cut-estimating sample over a flat [B, F] tensor: about numel / SAMPLE, made coprime
+    to F so the sample visits every latent (a stride that is a multiple of F would read one column)."""
+    step = max(1, numel // SAMPLE)
+    while step > 1 and math.gcd(step, F) != 1:
+        step += 1
+    return step
+
+
+def top_values(pre_BF: torch.Tensor, n: int) -> torch.Tensor:
+    """Values of the n largest positive entries of pre_BF (all positives if fewer), unsorted.
+
+    A cut tau from a strided sample lets ~1.5 n entries through to an exact topk; if fewer than n pass,
+    tau is lowered (4 n), finally to 0. Exact, at the cost of comparisons over B*F instead of a sort."""
+    flat = pre_BF.reshape(-1)
+    sample = flat[:: sample_stride(flat.numel(), pre_BF.shape[-1])]
+    cand = None
+    for margin in (1.5, 4.0):
+        if margin * n >= flat.numel():
+            break
+        j = max(1, int(margin * n / flat.numel() * sample.numel()))
+        tau = sample.topk(j, sorted=False).values.min()
+        if tau <= 0:
+            break
+        cand = flat[flat >= tau]
+        if cand.numel() >= n:
+            break
+        cand = None
+    if cand is None:
+        cand = flat[flat > 0]
+    return cand.topk(n, sorted=False).values if cand.numel() > n else cand
 
 
 @register
@@ -23,38 +66,74 @@ class BatchTopKSAE(SAE):
 
     @torch.no_grad()
     def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's top B*k positive pre-activations as flat (rows, cols), sorted by row.
+        """The batch's top n = B*k positive pre-activations as flat (rows, cols), sorted by row.
 
-        A cut tau is estimated from a strided sample of pre_BF so that ~1.5*B*k entries pass; the exact
-        top B*k is then taken among the entries >= tau (if too few pass, tau is lowered, finally to 0).
-        Exact, at the cost of one comparison over B*F instead of a sort."""
-        B, F = pre_BF.shape
-        flat = pre_BF.reshape(-1)
-        n_keep = B * self.cfg.k
-        sample = flat[:: max(1, flat.numel() // 262_144)]
-        for margin in (1.5, 4.0, None):
-            if margin is None or margin * n_keep >= flat.numel():
-                mask = pre_BF > 0
-            else:
-                j = max(1, int(margin * n_keep / flat.numel() * sample.numel()))
-                tau = sample.topk(j, sorted=False).values.min()
-                mask = pre_BF >= tau if tau > 0 else pre_BF > 0
-            rows, cols = mask.nonzero(as_tuple=True)  # row-major: rows come sorted
-            if rows.numel() >= n_keep or margin is None:
-                break
-        if rows.numel() > n_keep:
-            top = pre_BF[rows, cols].topk(n_keep, sorted=False).indices.sort().values
-            rows, cols = rows[top], cols[top]
-        return rows, cols
+        The cut t is the n-th largest value over the batch (under `global_batch`, over every process's
+        rows: each contributes its own top-n candidates). Entries > t are kept; of the entries equal to
+        t (ties) the first ones in row-major order of the (concatenated, rank-ordered) batch fill up to
+        n, so the kept set is deterministic and the same alone or data-parallel. Fewer than n positive
+        entries: all of them are kept."""
+        rank, world = batch_world()
+        B, _ = pre_BF.shape
+        n_keep = B * world * self.cfg.k  # every process holds B rows (the trainer splits the batch evenly)
+        cand = top_values(pre_BF, n_keep)
+        if world > 1:
+            padded = torch.zeros(n_keep, dtype=cand.dtype, device=cand.device)  # zeros are never kept
+            padded[: cand.numel()] = cand
+            cand = batch_all_gather(padded)
+            n_pos = int(batch_all_reduce((padded > 0).sum().double().view(1)))
+        else:
+            n_pos = cand.numel()
+        if n_pos < n_keep:
+            mask = pre_BF > 0
+        else:
+            t = cand.topk(n_keep, sorted=False).values.min() if cand.numel() > n_keep else cand.min()
+            mask, tied = pre_BF > t, pre_BF == t
+            counts = torch.stack([mask.sum(), tied.sum()]).double()
+            ties_before = 0
+            if world > 1:
+                per_rank = batch_all_gather(counts.view(1, 2))  # [world, 2]
+                ties_before = int(per_rank[:rank, 1].sum())
+                counts = per_rank.sum(0)
+            n_short = n_keep - int(counts[0])  # >= 1: t itself is among the top n
+            take = min(max(n_short - ties_before, 0), int(tied.sum()))
+            if take:
+                mask.view(-1)[tied.reshape(-1).nonzero().squeeze(1)[:take]] = True
+        return mask.nonzero(as_tuple=True)  # row-major: rows come sorted
 
     @torch.no_grad()
     def update_threshold(self, vals_N: torch.Tensor) -> None:
-        if vals_N.numel() == 0:
+        """theta <- (1 - lr) theta + lr * (the batch's smallest kept value); the first update sets it."""
+        local = vals_N.detach().min().float() if vals_N.numel() else torch.tensor(math.inf, device=vals_N.device)
+        smallest = batch_all_reduce(local.reshape(1).clone(), "min")[0]
+        if not math.isfinite(float(smallest)):
             return
-        smallest = vals_N.detach().min().float()
         lr = self.cfg.threshold_lr
         self.threshold.copy_(smallest if self.threshold_updates == 0 else (1 - lr) * self.threshold + lr * smallest)
         self.threshold_updates += 1
+
+    @torch.no_grad()
+    def calibrate_threshold(self, batches, max_tokens: int = 65536) -> dict:
+        """Set theta (every latent) to the mean over `batches` of each batch's BatchTopK cut (its
+        (B*k)-th largest pre-activation), computed with the current weights: the quantity the running
+        average tracks, without its lag of ~1/threshold_lr steps (on a short run the early, lower cuts
+        keep theta low and the inference L0 above k). Reads batches until max_tokens rows.
+        Returns {"threshold_ema", "threshold", "calibration_tokens"}."""
+        was_training = self.training
+        self.eval()
+        cuts, n = [], 0
+        for x_BD, _ in batches:
+            pre_BF = self.preacts(x_BD.to(self.W_enc.device))
+            top = top_values(pre_BF, pre_BF.shape[0] * self.cfg.k)
+            cuts.append(float(top.min()) if top.numel() == pre_BF.shape[0] * self.cfg.k else 0.0)
+            n += pre_BF.shape[0]
+            if n >= max_tokens:
+                break
+        before = float(self.threshold.max())
+        if cuts:  # a batch with fewer than B*k positive values: its cut is 0 (all of them are kept)
+            self.threshold.fill_(sum(cuts) / len(cuts))
+        self.train(was_training)
+        return {"threshold_ema": before, "threshold": float(self.threshold.max()), "calibration_tokens": n}
 
     def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
         pre_BF = self.preacts(x_BD)

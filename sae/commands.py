@@ -10,7 +10,7 @@ import torch
 
 from ttslens.sae.activations import BatchStream, CachedActivations, take_tokens
 from ttslens.sae.errors import BadInput
-from ttslens.sae.files import atomic_write_json, load_sae, sae_info
+from ttslens.sae.files import atomic_write_json, load_sae, read_cfg, sae_info
 from ttslens.sae.metrics import ce_recovered, evaluate
 
 
@@ -40,7 +40,36 @@ class EvalConfig:
             raise BadInput("--sae DIR is required")
 
 
+L0_NOTE_FRAC = 0.25
+"""`l0_vs_k` adds a note when the measured L0 differs from the training k by more than this fraction."""
+
+
+def l0_vs_k(sae, metrics: dict, k: int | None = None) -> dict:
+    """`k` (the training sparsity) to report beside the measured `l0`, and `l0_note` when they differ
+    by more than 25%. Nothing for architectures without a k (relu) or files that do not record one.
+
+    A BatchTopK SAE keeps k latents per token *on average over a training batch*; at inference one
+    threshold replaces that cut (ttslens sets it at the end of training so L0 = k on training rows), so
+    on other data, or one modality of it, L0 legitimately differs from k. A TopK SAE has L0 <= k."""
+    k = sae.cfg.k if k is None else k
+    l0 = metrics.get("l0")
+    if not sae.uses_k or not k or l0 is None:
+        return {}
+    out = {"k": k}
+    if abs(l0 - k) > L0_NOTE_FRAC * k:
+        why = (
+            "the inference threshold replaces the training batch's top-N*k cut, so L0 follows how strongly "
+            "these rows activate the latents (recalibrate with a new `ttslens train` if this is the training "
+            "distribution)"
+            if sae.cfg.arch == "batchtopk"
+            else "fewer than k latents have a positive pre-activation on many rows"
+        )
+        out["l0_note"] = f"L0 {l0:.1f} differs from the training k={k} by {abs(l0 - k) / k:.0%}: {why}"
+    return out
+
+
 def run_eval(cfg: EvalConfig) -> dict:
+    """Metrics of an SAE on cached activations or a model's text; `k` beside L0 (see `l0_vs_k`)."""
     sae = load_sae(cfg.sae)
     info = sae_info(cfg.sae)
     train = info.get("train", {})
@@ -68,9 +97,17 @@ def run_eval(cfg: EvalConfig) -> dict:
             metrics.update(ce_recovered(model, sae, layer, enc["input_ids"], enc["attention_mask"]))
     else:
         raise BadInput("nothing to evaluate on: pass --activations PATH or --model ID --dataset NAME")
+    metrics.update(l0_vs_k(sae, metrics, _recorded_k(cfg.sae)))
     if cfg.out:
         atomic_write_json(cfg.out, metrics)
     return metrics
+
+
+def _recorded_k(path: str) -> int | None:
+    """The k an SAE directory records: ttslens's SAEConfig, else SAELens's `k` (jumprelu files have none)."""
+    cfg = read_cfg(path)
+    k = cfg.get("ttslens", {}).get("sae", {}).get("k") or cfg.get("k")
+    return int(k) if k else 0  # 0: do not fall back to the loader's placeholder k
 
 
 def _check_width(sae, d: int, where: str) -> None:
@@ -122,7 +159,14 @@ def run_harvest(cfg: HarvestConfig) -> Path:
     model, tok = load_model(cfg.model, cfg.device)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
     src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
-    meta = {"model": cfg.model, "layer": cfg.layer, "dataset": cfg.dataset}
+    meta = {
+        "model": cfg.model,
+        "layer": cfg.layer,
+        "dataset": cfg.dataset,
+        "text_column": cfg.text_column,
+        "context": cfg.context,
+        "dtype": cfg.dtype,
+    }
     with torch.no_grad():
         return harvest(src, cfg.out, cfg.tokens, cfg.shard_tokens, cfg.dtype, meta)
 

@@ -11,12 +11,18 @@ An SAE directory holds `cfg.json` + `sae_weights.safetensors` in SAELens's layou
     kron           kron                   W_uv [h, m+n, d], b_uv, W_dec, b_dec   (ttslens only)
 
 Our own fields live under the `ttslens` key of cfg.json (SAELens ignores it): the SAEConfig, the
-training config, the source model, hook and layer, and modality statistics.
+training config, the source model, hook and layer, and modality statistics. `metadata.sae_lens_version`
+is the installed sae_lens's version, or absent when sae_lens is not installed.
+
+SAELens TopK (and BatchTopK training) files with `rescale_acts_by_decoder_norm=True` select on
+h * ||W_dec[i]|| and decode with W_dec[i] / ||W_dec[i]||; `load_sae` folds those norms into the weights
+(as `sae_lens`'s `fold_W_dec_norm` does), which gives the same latents and reconstruction.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -75,6 +81,14 @@ def atomic_torch_save(path: str | Path, obj) -> None:
         torch.save(obj, tmp)
 
 
+def sae_lens_version() -> str | None:
+    """The installed sae_lens package's version (None when it is not installed)."""
+    try:
+        return importlib.metadata.version("sae-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def save_sae(sae: SAE, path: str | Path, extra: dict | None = None) -> Path:
     """Write `sae` as an SAELens-compatible directory (atomically, file by file)."""
     path = Path(path)
@@ -94,7 +108,6 @@ def save_sae(sae: SAE, path: str | Path, extra: dict | None = None) -> Path:
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
-            "sae_lens_version": "6.0.0",
             "model_name": extra.get("model_name"),
             "hook_name": extra.get("hook_name"),
             "hook_layer": extra.get("layer"),
@@ -104,6 +117,8 @@ def save_sae(sae: SAE, path: str | Path, extra: dict | None = None) -> Path:
         },
         "ttslens": {"sae": c.to_dict(), **extra},
     }
+    if version := sae_lens_version():
+        cfg["metadata"] = {"sae_lens_version": version, **cfg["metadata"]}
     if c.arch in ("topk", "hierarchical"):
         cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
     with atomic_path(path / WEIGHTS) as tmp:
@@ -155,6 +170,8 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
         if not cfg.get("apply_b_dec_to_input", True):  # fold: (x - b_dec) W + (b + b_dec W) == x W + b
             sd["b_enc"] = sd["b_enc"] + sd["b_dec"] @ sd["W_enc"]
         sd["W_enc"] = sd["W_enc"].T.contiguous()
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        _fold_decoder_norm(sd, path, arch)
     if "topk_threshold" in sd:  # SAELens BatchTopK training checkpoint
         sd["threshold"] = torch.full((sae_cfg.d_sae,), float(sd.pop("topk_threshold")))
     sae = make_sae(sae_cfg)
@@ -166,6 +183,21 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
             f"{path}: weights do not match architecture {sae_cfg.arch} (missing {missing}, unexpected {unexpected})"
         )
     return sae.to(device).eval()
+
+
+def _fold_decoder_norm(sd: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """SAELens's `rescale_acts_by_decoder_norm`: latents h_i * n_i, decoded by W_dec[i] / n_i
+    (n_i = ||W_dec[i]||); folded as W_enc[i] * n_i, b_enc * n, W_dec[i] / n_i (W_enc here is [F, d]).
+    A BatchTopK threshold is already in units of h * n. Other architectures are refused."""
+    if arch not in ("topk", "batchtopk") or "W_enc" not in sd:
+        raise BadInput(
+            f"{path}: rescale_acts_by_decoder_norm is only understood for topk/batchtopk files, not {arch!r}; "
+            "fold the decoder norms with sae_lens (sae.fold_W_dec_norm()) and save it again"
+        )
+    n_F = sd["W_dec"].norm(dim=1).clamp_min(1e-8)  # sae_lens's get_W_dec_norm
+    sd["W_enc"] = sd["W_enc"] * n_F[:, None]
+    sd["b_enc"] = sd["b_enc"] * n_F
+    sd["W_dec"] = sd["W_dec"] / n_F[:, None]
 
 
 def sae_info(path: str | Path) -> dict:

@@ -1,7 +1,8 @@
 """Cache a source's activations as safetensors shards with a manifest, resumably.
 
-`harvest` writes `tokens` rows of any `BatchStream` source (a text LM's `ModelActivations`, a TTS
-backbone's `BackboneActivations`) under a directory that `CachedActivations` reads. The manifest, rewritten
+`harvest` writes `tokens` rows of any `BatchStream` source (a text LM's
+`ttslens.sae.lm.harvest.ModelActivations`, a TTS backbone's `ttslens.audio.harvest.BackboneActivations`)
+under a directory that `CachedActivations` reads (the shards the manifest lists, nothing else). The manifest, rewritten
 atomically after each shard, records the shards, the source's position and what produced them
 (model, layer, dataset), so a resumed run checks it continues the same harvest.
 """
@@ -15,10 +16,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ttslens.sae.activations import ACTS_KEY
+from ttslens.sae.activations import ACTS_KEY, MANIFEST
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_path, atomic_write_json
-from ttslens.sae.hooks import check_layer  # noqa: F401  (re-exported: older import path)
 
 
 def harvest(
@@ -32,12 +32,12 @@ def harvest(
     """Write `tokens` rows as shards under `out` (+ manifest.json); resumes where a run stopped."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "manifest.json"
+    manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if manifest is None:
         manifest = {"d": source.d, "rows": 0, "shards": [], "state": source.start_state(), **(meta or {})}
-    elif manifest["d"] != source.d:
-        raise BadInput(f"{out} holds activations of width {manifest['d']}, this model's is {source.d}")
+    else:
+        _check_same_harvest(out, manifest, source.d, meta or {})
     bar = tqdm(total=tokens, initial=min(tokens, manifest["rows"]), unit="tok", desc="harvest")
     while manifest["rows"] < tokens:
         blk = source.block(manifest["state"], min(shard_rows, tokens - manifest["rows"]))
@@ -51,3 +51,18 @@ def harvest(
         bar.update(blk.acts.shape[0])
     bar.close()
     return out
+
+
+def _check_same_harvest(out: Path, manifest: dict, d: int, meta: dict) -> None:
+    """A resumed harvest must continue the one in `out`: same width and the same recorded settings
+    (model, layer, dataset, ...; a setting the manifest does not record is not checked)."""
+    changed = [k for k in meta if k in manifest and manifest[k] != meta[k]]
+    if manifest["d"] != d:
+        changed.insert(0, "d")
+    if changed:
+        was = ", ".join(f"{k}={manifest[k]!r}" for k in changed)
+        now = ", ".join(f"{k}={({'d': d} | meta)[k]!r}" for k in changed)
+        raise BadInput(
+            f"{out} holds another harvest ({was}; this run: {now}); "
+            "re-run with the original settings to resume it, or pass another --out"
+        )

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,9 +83,10 @@ def test_quickstart_end_to_end(tmp_path, capsys):
 def test_torchrun_two_processes(synthetic, tmp_path):
     """Data-parallel training under torchrun with 2 CPU processes (gloo); replicas stay identical."""
     path, _ = synthetic
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [
-        torchrun,
+    cmd = [  # `python -m torch.distributed.run` is torchrun, without relying on a console script
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
         "--standalone",
         "--nproc_per_node",
         "2",

@@ -26,11 +26,19 @@ def save(out: Path, state: dict) -> None:
     atomic_torch_save(out / CKPT, state)
 
 
-def load(out: Path, identity: dict) -> dict:
+def load(out: Path, identity: dict, world: int = 1) -> dict:
+    """The checkpoint in `out`, if it continues this run: same identity (config) and the same number of
+    processes (each one's data stream position is part of the state)."""
     try:
         state = torch.load(out / CKPT, map_location="cpu", weights_only=False)
     except Exception as e:
         raise BadInput(f"cannot read {out / CKPT}: {e} (corrupt? start again with --overwrite)") from e
+    saved = state.get("world", len(state.get("stream", [None])))
+    if saved != world:
+        raise BadInput(
+            f"--resume: {out / CKPT} was written by {saved} process(es), this run has {world}; "
+            f"resume with --nproc_per_node {saved} (torchrun) or start a new --out"
+        )
     if state["identity"] != identity:
         a, b = _flat(state["identity"]), _flat(identity)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -1,4 +1,4 @@
-"""The training config: one dataclass drives `ttslens train` and `sae.training.train`."""
+"""The training config: one dataclass drives `ttslens train` and `ttslens.sae.training.train`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ class TrainConfig:
     """A latent that has not fired for this many tokens is dead (AuxK); 0 = min(10M, tokens / 20)."""
     eval_tokens: int = 16384
     """Held-out tokens for the final metrics (the tail of a cache, fresh text for a model)."""
+    calibration_tokens: int = 65536
+    """batchtopk: training rows (read after the last step) on which the inference threshold is set so the
+    mean L0 is k; 0 = keep the running average of the batches' cuts (which lags behind on short runs)."""
     bf16: bool = False
     """Run the encoder under bfloat16 autocast."""
     device: str = "cpu"
@@ -101,7 +104,7 @@ class TrainConfig:
         return 1.0
 
     # fields that may change between a run and its --resume
-    RUNTIME = ("resume", "overwrite", "log_every", "device", "checkpoint_every", "model_batch")
+    RUNTIME = ("resume", "overwrite", "log_every", "device", "checkpoint_every", "model_batch", "calibration_tokens")
 
     def identity(self) -> dict:
         d = asdict(self)

@@ -45,12 +45,28 @@ def broadcast_module(module: torch.nn.Module) -> None:
             tdist.broadcast(t.data, 0)
 
 
+def comm_device() -> torch.device:
+    """Where collective tensors must live: the GPU for nccl, the CPU for gloo."""
+    if tdist.is_initialized() and tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def broadcast_float(x: float) -> float:
     if not tdist.is_initialized():
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    t = torch.tensor([x], dtype=torch.float64, device=comm_device())
     tdist.broadcast(t, 0)
     return float(t)
+
+
+def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value of `t` (a copy, on t's device) on every process."""
+    if not tdist.is_initialized():
+        return t.detach().clone()
+    c = t.detach().to(comm_device(), copy=True)
+    tdist.broadcast(c, 0)
+    return c.to(t.device)
 
 
 def barrier() -> None:

@@ -26,7 +26,8 @@ from ttslens.sae.activations import (
     mean_norm,
     take_tokens,
 )
-from ttslens.sae.base import SAE, make_sae
+from ttslens.sae.base import SAE, ForwardOutput, global_batch, make_sae
+from ttslens.sae.commands import l0_vs_k
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_write_json, save_sae
 from ttslens.sae.metrics import evaluate
@@ -38,6 +39,7 @@ from ttslens.sae.training.dist import (
     barrier,
     broadcast_float,
     broadcast_module,
+    broadcast_tensor,
     check_replicas,
     setup,
 )
@@ -51,10 +53,12 @@ class TrainResult(NamedTuple):
     metrics: dict
 
 
-def build_source(cfg: TrainConfig):
+def build_source(cfg: TrainConfig, say=lambda msg: None):
     """Training source, evaluation source and facts about the data for the SAE's metadata."""
     if cfg.backbone:
-        raise BadInput("a --backbone run needs its source from audio/: use `ttslens train` or audio.train_sae")
+        raise BadInput(
+            "a --backbone run needs its source from audio/: use `ttslens train` or ttslens.audio.harvest.train_sae"
+        )
     if cfg.activations:
         full = CachedActivations(cfg.activations)
         n = full.total_rows
@@ -68,6 +72,7 @@ def build_source(cfg: TrainConfig):
         )
     from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
+    say(f"loading {cfg.model} and the dataset {cfg.dataset} ...")
     model, tok = load_model(cfg.model, cfg.device)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
     src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
@@ -95,18 +100,48 @@ def init_from_batch(sae: SAE, x_BD: torch.Tensor, seed: int) -> SAE:
     return sae.train()
 
 
-def _init_sae(cfg: TrainConfig, source, dist: DistInfo) -> tuple[SAE, float]:
+def _init_sae(cfg: TrainConfig, source, dist: DistInfo, say) -> tuple[SAE, float]:
     """Activation scale so that E||s x|| = sqrt(d), then `init_from_batch` on a first batch."""
+    probe_batch = min(cfg.batch_size, 4096)
     probe = iter(
-        BatchStream(
-            source, min(cfg.batch_size, 4096), cfg.buffer_tokens, cfg.seed + 7919, exclude_special=cfg.exclude_special
-        )
+        BatchStream(source, probe_batch, cfg.buffer_tokens, cfg.seed + 7919, exclude_special=cfg.exclude_special)
     )
+    say(f"reading a first block of activations ({max(probe_batch, cfg.buffer_tokens)} rows) ...")
     x0, _ = next(probe)
+    say(f"estimating the activation scale on 4 batches of {probe_batch} rows ...")
     scale = broadcast_float(math.sqrt(cfg.sae.d_in) / max(mean_norm(probe, 4), 1e-12))
+    say(f"initialising the SAE (b_dec = geometric median of {min(len(x0), 4096)} rows) ...")
     sae = init_from_batch(make_sae(cfg.sae), x0[:4096] * scale, cfg.seed)
     broadcast_module(sae)
     return sae, scale
+
+
+def train_step(
+    model: torch.nn.Module,
+    sae: SAE,
+    opt: torch.optim.Optimizer,
+    x_BD: torch.Tensor,
+    dead_F: torch.Tensor,
+    lr: float,
+    cfg: TrainConfig,
+    data_parallel: bool,
+) -> ForwardOutput:
+    """One optimiser step on this process's rows x_BD (already scaled). `model` is `sae` or its DDP
+    wrapper; with `data_parallel` the step sees the processes' rows as one global batch (BatchTopK
+    selection and threshold, FVU denominators), so it equals one process stepping on their concatenation."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    autocast = torch.autocast(x_BD.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    with global_batch(data_parallel), autocast:
+        res = model(x_BD, dead_F=dead_F)
+    opt.zero_grad(set_to_none=True)
+    res.loss.backward()
+    sae.remove_parallel_grads()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+    opt.step()
+    sae.normalize_decoder()
+    return res
 
 
 def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
@@ -114,9 +149,14 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     how callers outside sae/ (e.g. a TTS backbone in audio/) supply data."""
     dist = setup(cfg.device)
     out = Path(cfg.out)
+
+    def say(msg: str) -> None:  # set-up phases, one line each on stderr (quiet with progress=False)
+        if progress and dist.main:
+            print(msg, file=sys.stderr, flush=True)
+
     checkpoint.check_out_dir(out, cfg.resume, cfg.overwrite)
     if source is None:
-        train_src, eval_src, info = build_source(cfg)
+        train_src, eval_src, info = build_source(cfg, say)
     elif isinstance(source, tuple):
         train_src, eval_src, info = source
     else:
@@ -128,9 +168,9 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
 
     # ---- model, optimiser, data position: fresh or from the checkpoint -------------------------
     identity = cfg.identity()
-    state = checkpoint.load(out, identity) if cfg.resume else None
+    state = checkpoint.load(out, identity, dist.world) if cfg.resume else None
     if state is None:
-        sae, scale = _init_sae(cfg, train_src, dist)
+        sae, scale = _init_sae(cfg, train_src, dist, say)
         step, stream_state = 0, None
         since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long)
     else:
@@ -151,12 +191,13 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     batches = iter(stream)
     dead_after = cfg.dead_tokens or min(10_000_000, max(cfg.batch_size, cfg.tokens // 20))
     since_fired = since_fired.to(dist.device)
-    autocast = torch.autocast(torch.device(dist.device).type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
 
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         _trim_log(out / LOG, step)
     log = open(out / LOG, "a") if dist.main else None
+    if step < cfg.steps:
+        say(f"training: {cfg.steps - step} steps of {cfg.batch_size} rows (reading the stream's first block) ...")
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -186,6 +227,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
                     "scale": scale,
                     "since_fired": since_fired.cpu(),
                     "stream": streams,
+                    "world": dist.world,
                 },
             )
         barrier()
@@ -193,20 +235,8 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     while step < cfg.steps:
         x_BD, _meta = next(batches)
         x_BD = x_BD.to(dist.device) * scale
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr_eff * cfg.lr_scale(step)
         dead_F = since_fired >= dead_after
-        with autocast:
-            res = model(x_BD, dead_F=dead_F)
-        opt.zero_grad(set_to_none=True)
-        res.loss.backward()
-        sae.remove_parallel_grads()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-        opt.step()
-        sae.normalize_decoder()
-        if dist.world > 1 and hasattr(sae, "threshold"):  # keep the batchtopk threshold identical
-            sae.threshold.copy_(all_sum(sae.threshold.clone()) / dist.world)
+        res = train_step(model, sae, opt, x_BD, dead_F, cfg.lr_eff * cfg.lr_scale(step), cfg, dist.world > 1)
 
         fired_F = _fired(res, cfg.sae.d_sae)
         fired_F = all_sum(fired_F)
@@ -215,16 +245,16 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         step += 1
         tok_last += cfg.batch_size
 
-        if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
+        log_now = step % cfg.log_every == 0 or step == cfg.steps
+        row = _log_row(res, cfg, dist) if log_now else {}  # a collective: every process takes part
+        if log_now and dist.main:
             now = time.perf_counter()
             row = {
                 "step": step,
                 "tokens": step * cfg.batch_size,
                 "tokens_per_s": tok_last / (now - t_last),
                 "lr": opt.param_groups[0]["lr"],
-                "loss": res.loss.item(),
-                **{k: v.item() for k, v in res.terms.items()},
-                "l0": float((res.vals > 0).sum()) / x_BD.shape[0],
+                **row,
                 "dead_pct": 100 * float((since_fired >= dead_after).float().mean()),
             }
             log.write(json.dumps(row) + "\n")
@@ -248,8 +278,10 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     # ---- final: metrics on held-out data, raw-activation SAE on disk ---------------------------
     result = sae.to("cpu")
     result.fold_scale(scale)
+    calibration = _calibrate(result, batches, cfg, dist, say)
     metrics = {}
     if dist.main:
+        say(f"evaluating on {cfg.eval_tokens} held-out rows ...")
         eval_batches = take_tokens(
             BatchStream(
                 eval_src,
@@ -261,11 +293,33 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
             cfg.eval_tokens,
         )
         metrics = evaluate(result, eval_batches)
-        extra = {**info, "train": asdict(cfg), "activation_scale": scale, "metrics": metrics}
+        metrics.update(l0_vs_k(result, metrics))
+        extra = {**info, "train": asdict(cfg), "activation_scale": scale, "metrics": metrics, **calibration}
         save_sae(result, out, extra)
         atomic_write_json(out / "metrics.json", metrics)
     barrier()
     return TrainResult(out, result.eval(), metrics)
+
+
+def _log_row(res: ForwardOutput, cfg: TrainConfig, dist: DistInfo) -> dict:
+    """The step's loss terms and L0 over the global batch (a collective: every process calls it)."""
+    terms = {"loss": res.loss, **res.terms}  # each process's term is world x its share: the mean is global
+    vals = torch.stack([v.detach().float() for v in terms.values()] + [(res.vals > 0).sum().float()])
+    vals = (all_sum(vals.double()) / dist.world).cpu().tolist()
+    return {**dict(zip(terms, vals[:-1], strict=True)), "l0": vals[-1] * dist.world / cfg.batch_size}
+
+
+def _calibrate(sae: SAE, batches, cfg: TrainConfig, dist: DistInfo, say) -> dict:
+    """BatchTopK: set the inference threshold so the mean L0 is k on the training stream's next
+    `cfg.calibration_tokens` rows (see `BatchTopKSAE.calibrate_threshold`); rank 0 decides."""
+    if not hasattr(sae, "calibrate_threshold") or cfg.calibration_tokens <= 0:
+        return {}
+    info = {}
+    if dist.main:
+        say(f"calibrating the inference threshold (L0 = k) on {cfg.calibration_tokens} training rows ...")
+        info = sae.calibrate_threshold(take_tokens(batches, cfg.calibration_tokens), cfg.calibration_tokens)
+    sae.threshold.copy_(broadcast_tensor(sae.threshold))
+    return {"threshold_calibration": info} if info else {}
 
 
 def _fired(res, d_sae: int) -> torch.Tensor:

@@ -200,3 +200,43 @@ def test_batchtopk_select_is_exact(case):
     assert int(got.sum()) == n and torch.all(pre[rows, cols] > 0)
     # same multiset of values as the exact flat top-n (ties may pick different positions)
     torch.testing.assert_close(pre[rows, cols].sort().values, pos.topk(n).values.sort().values)
+
+
+@pytest.mark.parametrize("case", ["continuous", "near_ties", "ties", "dense_column", "full_size"])
+def test_batchtopk_strided_sample_path_is_exact(case, monkeypatch):
+    """Large B*F: the cut comes from a strided sample. The kept set is still the exact flat top B*k
+    (torch.topk); with ties at the cut, the first tied entries in row-major order fill it up."""
+    import ttslens.sae.batchtopk as BT
+
+    B, F, k = (1024, 1024, 32) if case == "full_size" else (96, 512, 8)  # full size: B*F > 2 * SAMPLE
+    if case != "full_size":
+        monkeypatch.setattr(BT, "SAMPLE", 4096 if case != "dense_column" else B)
+    strides = []
+    real_stride = BT.sample_stride
+    monkeypatch.setattr(BT, "sample_stride", lambda n, f: strides.append(real_stride(n, f)) or strides[-1])
+    g = torch.Generator().manual_seed(2)
+    pre = torch.randn(B, F, generator=g)
+    if case == "near_ties":  # every value one float32 ulp from its neighbours: 1 + i * 2^-23, shuffled
+        pre = 1 + torch.randperm(B * F, generator=g).float().view(B, F) * 2.0**-23
+    elif case == "ties":  # a few distinct values: the cut falls inside a large block of equal entries
+        pre = torch.randint(-4, 5, (B, F), generator=g).float() / 4
+    elif case == "dense_column":  # the unfixed stride (= F) would sample column 0 only, which is large
+        pre[:, 0] = 10 + pre[:, 0].abs()
+    model = _make("batchtopk", d=4, F=F, k=k)
+    rows, cols = model.select(pre)
+    assert strides and strides[0] > 1 and math.gcd(strides[0], F) == 1  # the strided path, coprime to F
+    assert torch.all(rows[1:] >= rows[:-1])
+    n = B * k
+    kept = rows * F + cols
+    assert kept.numel() == n
+    flat = pre.reshape(-1)
+    top = flat.topk(n)
+    if case == "ties":
+        t = top.values.min()
+        assert torch.all(flat[kept] >= t) and int((flat > t).sum()) < n
+        assert torch.equal(flat[kept].sort().values, top.values.sort().values)  # same multiset as topk
+        tied = (flat == t).nonzero().squeeze(1)
+        kept_ties = kept[flat[kept] == t].sort().values
+        assert torch.equal(kept_ties, tied[: kept_ties.numel()])  # the first ties in row-major order
+    else:
+        assert torch.equal(kept.sort().values, top.indices.sort().values)

@@ -60,16 +60,18 @@ def test_we_load_saelens_directories(tmp_path, arch, extra):
         torch.testing.assert_close(ours.reconstruct(x), theirs.decode(theirs.encode(x)), rtol=1e-5, atol=1e-5)
 
 
-def test_saelens_batchtopk_training_checkpoint(tmp_path):
-    """A SAELens BatchTopK training state (topk_threshold) loads as a JumpReLU with that threshold."""
+@pytest.mark.parametrize("rescale", [False, True])
+def test_saelens_batchtopk_training_checkpoint(tmp_path, rescale):
+    """A SAELens BatchTopK training state (topk_threshold) loads as a JumpReLU with that threshold;
+    with rescale_acts_by_decoder_norm the threshold applies to h * ||W_dec[i]||."""
     from safetensors.torch import save_file
 
     d, F = 16, 64
-    W_enc = torch.randn(d, F)
+    W_enc, W_dec = torch.randn(d, F), torch.randn(F, d)
     tensors = {
         "W_enc": W_enc,
         "b_enc": torch.zeros(F),
-        "W_dec": torch.randn(F, d),
+        "W_dec": W_dec,
         "b_dec": torch.zeros(d),
         "topk_threshold": torch.tensor(0.7),
     }
@@ -81,13 +83,17 @@ def test_saelens_batchtopk_training_checkpoint(tmp_path):
         "d_sae": F,
         "k": 4,
         "dtype": "float32",
+        "rescale_acts_by_decoder_norm": rescale,
         "metadata": {"sae_lens_version": "6.5.0"},
     }
     (tmp_path / "bt" / "cfg.json").write_text(json.dumps(cfg))
     ours = load_sae(tmp_path / "bt")
     x = torch.randn(10, d)
-    pre = x @ W_enc
+    pre = x @ W_enc * (W_dec.norm(dim=1) if rescale else 1)
     torch.testing.assert_close(ours.encode(x), pre * (pre > 0.7))
+    z = pre * (pre > 0.7)
+    recon = (z / W_dec.norm(dim=1) if rescale else z) @ W_dec
+    torch.testing.assert_close(ours.reconstruct(x), recon, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch, kw", [("hierarchical", {}), ("kron", {"kron_m": 2, "kron_n": 4})])
@@ -131,3 +137,49 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_saelens_topk_rescaled_by_decoder_norm(tmp_path, apply_b_dec):
+    """rescale_acts_by_decoder_norm=True: SAELens selects on h * ||W_dec[i]|| and decodes with unit rows;
+    loaded here with the norms folded in, the latents and reconstructions are the same."""
+    theirs = _saelens_dir(tmp_path, "topk", k=5, rescale_acts_by_decoder_norm=True, apply_b_dec_to_input=apply_b_dec)
+    with torch.no_grad():
+        theirs.W_dec.mul_(torch.linspace(0.2, 3.0, 64)[:, None])  # very unequal decoder norms
+    theirs.save_model(str(tmp_path / "topk"))
+    ours = load_sae(tmp_path / "topk")
+    x = torch.randn(40, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.reconstruct(x), theirs.decode(theirs.encode(x)), rtol=1e-5, atol=1e-5)
+    save_sae(ours, tmp_path / "again")  # saved by us: the norms stay folded, the flag is off
+    again = sae_lens.SAE.load_from_disk(str(tmp_path / "again"))
+    assert again.cfg.rescale_acts_by_decoder_norm is False
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-5)
+
+
+def test_rescale_flag_on_another_architecture_is_refused(tmp_path):
+    _saelens_dir(tmp_path, "standard")
+    cfg = json.loads((tmp_path / "standard" / "cfg.json").read_text())
+    (tmp_path / "standard" / "cfg.json").write_text(json.dumps({**cfg, "rescale_acts_by_decoder_norm": True}))
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm is only understood for topk"):
+        load_sae(tmp_path / "standard")
+
+
+def test_sae_lens_version_is_the_installed_one(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    import ttslens.sae.files as files
+
+    save_sae(_random_sae("topk"), tmp_path / "v")
+    meta = json.loads((tmp_path / "v" / "cfg.json").read_text())["metadata"]
+    assert meta["sae_lens_version"] == importlib.metadata.version("sae-lens")
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(files.importlib.metadata, "version", not_installed)
+    save_sae(_random_sae("topk"), tmp_path / "none")
+    assert "sae_lens_version" not in json.loads((tmp_path / "none" / "cfg.json").read_text())["metadata"]
+    torch.testing.assert_close(load_sae(tmp_path / "none").W_enc, _random_sae("topk").W_enc)

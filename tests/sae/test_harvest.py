@@ -77,3 +77,36 @@ def test_eval_rejects_sae_of_another_width(tiny_lm, synthetic, tmp_path):
     )
     with pytest.raises(ValueError, match="d_in=32 does not match the hidden size"):
         run_eval(EvalConfig(sae=str(tmp_path / "s"), model=str(tiny_lm / "model"), dataset=str(tiny_lm / "corpus.txt")))
+
+
+def test_harvest_resume_checks_model_layer_and_dataset(tiny_lm, tmp_path):
+    from ttslens.sae.errors import BadInput
+
+    base = dict(model=str(tiny_lm / "model"), dataset=str(tiny_lm / "corpus.txt"), layer=1, shard_tokens=500)
+    run_harvest(HarvestConfig(**base, tokens=600, out=str(tmp_path / "acts")))
+    other_data = tmp_path / "other.txt"
+    other_data.write_text((tiny_lm / "corpus.txt").read_text())
+    for change, named in [
+        ({"layer": 0}, "layer=1"),
+        ({"dataset": str(other_data)}, "dataset="),
+        ({"context": 16}, "context="),
+    ]:
+        with pytest.raises(BadInput, match=rf"holds another harvest \({named}.*re-run with the original settings"):
+            run_harvest(HarvestConfig(**{**base, **change}, tokens=1200, out=str(tmp_path / "acts")))
+    manifest = json.loads((tmp_path / "acts" / "manifest.json").read_text())
+    assert manifest["rows"] < 1200 and len(manifest["shards"]) == 2  # nothing was appended
+
+
+def test_cached_activations_read_the_manifest_shards_only(tiny_lm, tmp_path):
+    from safetensors.torch import save_file
+
+    base = dict(model=str(tiny_lm / "model"), dataset=str(tiny_lm / "corpus.txt"), layer=1, shard_tokens=500)
+    out = run_harvest(HarvestConfig(**base, tokens=900, out=str(tmp_path / "acts")))
+    rows = json.loads((out / "manifest.json").read_text())["rows"]
+    save_file({"activations": torch.zeros(7, 48)}, str(out / "shard_00002.safetensors"))  # left by a killed run
+    (out / "stray.safetensors").write_bytes(b"\x00half-written")
+    src = CachedActivations(out)
+    assert src.n_rows == rows and [f.name for f in src.files] == ["shard_00000.safetensors", "shard_00001.safetensors"]
+    (out / "shard_00001.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lists shards that are missing \(shard_00001.safetensors\)"):
+        CachedActivations(out)

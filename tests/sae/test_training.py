@@ -140,3 +140,146 @@ def test_config_errors():
         TrainConfig()
     with pytest.raises(ValueError, match="less than one batch"):
         TrainConfig(activations="x", tokens=10, batch_size=100)
+
+
+# ---- torchrun: resume with another world size, DDP = one process on the concatenated batch ----------
+
+
+def test_resume_with_another_world_size_is_refused(synthetic, tmp_path, monkeypatch):
+    from ttslens.sae.errors import BadInput
+    from ttslens.sae.training import trainer
+    from ttslens.sae.training.dist import DistInfo
+
+    path, _ = synthetic
+    train(_cfg(path, tmp_path / "w", tokens=10 * 512), progress=False)
+    with monkeypatch.context() as m:  # the same run resumed under torchrun --nproc_per_node 2
+        m.setattr(trainer, "setup", lambda device: DistInfo(0, 2, device))
+        msg = r"written by 1 process\(es\), this run has 2; resume with --nproc_per_node 1"
+        with pytest.raises(BadInput, match=msg):
+            train(_cfg(path, tmp_path / "w", tokens=10 * 512, resume=True), progress=False)
+    # a checkpoint of two processes (an older one, without the "world" field) resumed by one
+    state = torch.load(tmp_path / "w" / checkpoint.CKPT, weights_only=False)
+    state["stream"] = state["stream"] * 2
+    del state["world"]
+    checkpoint.save(tmp_path / "w", state)
+    with pytest.raises(BadInput, match=r"written by 2 process\(es\), this run has 1; resume with --nproc_per_node 2"):
+        train(_cfg(path, tmp_path / "w", tokens=10 * 512, resume=True), progress=False)
+
+
+DDP_STEPS, DDP_BATCH = 6, 512
+
+
+def _ddp_steps(rank: int, world: int, x_SBD: torch.Tensor) -> dict:
+    """DDP_STEPS trainer steps of a BatchTopK SAE; this process gets its slice of each global batch."""
+    import torch.distributed as tdist
+
+    from ttslens.sae.base import global_batch, make_sae
+    from ttslens.sae.training.trainer import init_from_batch, train_step
+
+    cfg = _cfg("unused", "unused", sae=SAEConfig(arch="batchtopk", d_in=x_SBD.shape[-1], d_sae=128, k=4))
+    sae = init_from_batch(make_sae(cfg.sae), x_SBD[0], seed=0)
+    model = torch.nn.parallel.DistributedDataParallel(sae) if world > 1 else sae
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    dead_F = torch.arange(128) % 5 == 0  # exercise AuxK too
+    n = DDP_BATCH // world
+    out = {"kept": [], "loss": [], "threshold": []}
+    for s in range(DDP_STEPS):
+        res = train_step(model, sae, opt, x_SBD[s, rank * n : (rank + 1) * n], dead_F, 3e-3, cfg, world > 1)
+        kept = (res.rows + rank * n) * 128 + res.idx
+        loss = res.loss.detach().clone()
+        if world > 1:
+            parts = [None] * world
+            tdist.all_gather_object(parts, kept)
+            kept = torch.cat(parts)
+            tdist.all_reduce(loss)
+            loss /= world
+        out["kept"].append(kept.sort().values)
+        out["loss"].append(float(loss))
+        out["threshold"].append(float(sae.threshold[0]))
+    # ties at the cut: the same entries as one process on the concatenated batch (rank order)
+    g = torch.Generator().manual_seed(5)
+    pre_BF = torch.randint(-3, 4, (64, 40), generator=g).float()
+    rows, cols = sae.select(pre_BF) if world == 1 else (None, None)
+    if world > 1:
+        with global_batch():
+            r, c = sae.select(pre_BF[rank * 32 : (rank + 1) * 32])
+        parts = [None] * world
+        tdist.all_gather_object(parts, (r + rank * 32) * 40 + c)
+        out["ties"] = torch.cat(parts)
+    else:
+        out["ties"] = rows * 40 + cols
+    out["state"] = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    return out
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, data: str, result: str) -> None:
+    import torch.distributed as tdist
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = _ddp_steps(rank, world, torch.load(data))
+        if rank == 0:
+            torch.save(out, result)
+        tdist.barrier()
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_ddp_batchtopk_equals_one_process_on_the_global_batch(synthetic, tmp_path):
+    """2 gloo processes, each with half of every batch, select the same entries, report the same loss
+    and end with (nearly) the same weights and threshold as one process stepping on the whole batches."""
+    import torch.multiprocessing as mp
+
+    _, syn = synthetic
+    x_SBD = syn.acts[: DDP_STEPS * DDP_BATCH].reshape(DDP_STEPS, DDP_BATCH, -1) * 3.0
+    torch.save(x_SBD, tmp_path / "x.pt")
+    mp.spawn(
+        _ddp_worker,
+        args=(2, str(tmp_path / "store"), str(tmp_path / "x.pt"), str(tmp_path / "ddp.pt")),
+        nprocs=2,
+        join=True,
+    )
+    ddp, one = torch.load(tmp_path / "ddp.pt"), _ddp_steps(0, 1, x_SBD)
+    assert torch.equal(ddp["kept"][0], one["kept"][0])  # the first step: the exact same kept set
+    assert ddp["kept"][0].numel() == DDP_BATCH * 4
+    for s in range(1, DDP_STEPS):  # later steps: weights differ by float rounding only
+        assert len(set(ddp["kept"][s].tolist()) ^ set(one["kept"][s].tolist())) <= 4, s
+    assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert ddp["threshold"] == pytest.approx(one["threshold"], rel=1e-5)
+    assert torch.equal(ddp["ties"], one["ties"])
+    for name, ref in one["state"].items():
+        torch.testing.assert_close(ddp["state"][name], ref, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ---- batchtopk L0 vs k, and what train says while it sets up -----------------------------------------
+
+
+def test_batchtopk_threshold_is_calibrated_to_k(synthetic, tmp_path):
+    """A short run's running-average threshold lags (held-out L0 well above k); the calibrated one gives
+    L0 ~ k, and `ttslens eval` reports k beside L0 with a note only when they differ by > 25%."""
+    from ttslens.sae.commands import EvalConfig, run_eval
+
+    path, _ = synthetic
+    lag = train(_cfg(path, tmp_path / "ema", tokens=40 * 512, calibration_tokens=0), progress=False)
+    cal = train(_cfg(path, tmp_path / "cal", tokens=40 * 512), progress=False)
+    assert lag.metrics["l0"] > 1.25 * 4 and "l0_note" in lag.metrics
+    assert abs(cal.metrics["l0"] - 4) < 0.3 and "l0_note" not in cal.metrics
+    info = json.loads((tmp_path / "cal" / "cfg.json").read_text())["ttslens"]["threshold_calibration"]
+    assert info["calibration_tokens"] >= 65536 and info["threshold"] > info["threshold_ema"]
+    m = run_eval(EvalConfig(sae=str(tmp_path / "ema"), tokens=4096))
+    assert m["k"] == 4 and "differs from the training k=4" in m["l0_note"]
+    m = run_eval(EvalConfig(sae=str(tmp_path / "cal"), tokens=4096))
+    assert m["k"] == 4 and abs(m["l0"] - 4) < 0.3 and "l0_note" not in m
+
+
+def test_train_says_what_it_is_doing_before_the_bar(synthetic, tmp_path, capsys):
+    path, _ = synthetic
+    train(_cfg(path, tmp_path / "loud", tokens=10 * 512), progress=True)
+    err = capsys.readouterr().err
+    for phase in ("reading a first block", "estimating the activation scale", "initialising the SAE (b_dec"):
+        assert phase in err
+    assert err.index("estimating the activation scale") < err.index("train batchtopk")  # before the bar
+    assert "calibrating the inference threshold" in err and "evaluating on 4096 held-out rows" in err
+    train(_cfg(path, tmp_path / "quiet", tokens=10 * 512), progress=False)
+    assert capsys.readouterr().err == ""
