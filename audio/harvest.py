@@ -122,9 +122,9 @@ def train_sae(cfg, progress: bool = True):
     src, held, info = backbone_sources(
         cfg.backbone,
         cfg.layer,
-        getattr(cfg, "corpus", None),
-        getattr(cfg, "device", "cpu"),
-        getattr(cfg, "model_dtype", "float32"),
+        cfg.corpus or None,
+        cfg.device,
+        cfg.model_dtype,
     )
     res = train(cfg, source=(src, held, info), progress=progress)
     res.metrics["speech_ce"] = speech_ce(held.backbone, res.sae, cfg.layer, held.items[:32])

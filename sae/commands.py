@@ -34,6 +34,10 @@ class EvalConfig:
     """Seed for the evaluation sample."""
     out: str = ""
     """Write the metrics here as JSON (default: print only)."""
+    device: str = "cpu"
+    """Torch device for --model: cpu, cuda, cuda:N or auto."""
+    dtype: str = "float32"
+    """--model weights' dtype: float32, bfloat16 or float16."""
 
     def __post_init__(self) -> None:
         if not self.sae:
@@ -84,7 +88,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     elif model_id:
         from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
-        model, tok = load_model(model_id)
+        model, tok = load_model(model_id, cfg.device, cfg.dtype)
         _check_width(sae, model.config.hidden_size, model_id)
         ds = load_text_dataset(cfg.dataset or train.get("dataset", ""), text_column=train.get("text_column", "text"))
         src = ModelActivations(model, tok, ds, layer, train.get("context", 256))
@@ -141,7 +145,9 @@ class HarvestConfig:
     dtype: str = "float32"
     """Stored dtype: float32, float16 or bfloat16."""
     device: str = "cpu"
-    """Torch device for the model."""
+    """Torch device for the model: cpu, cuda, cuda:N or auto."""
+    model_dtype: str = "float32"
+    """The model weights' dtype: float32, bfloat16 or float16 (--dtype is the stored one)."""
     out: str = "runs/activations"
     """Output directory (re-run the same command to resume)."""
 
@@ -156,7 +162,7 @@ def run_harvest(cfg: HarvestConfig) -> Path:
     from ttslens.sae.harvest import harvest
     from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
-    model, tok = load_model(cfg.model, cfg.device)
+    model, tok = load_model(cfg.model, cfg.device, cfg.model_dtype)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
     src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
     meta = {

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ttslens.sae.activations import SPECIAL, TEXT, Block
+from ttslens.sae.devices import resolve_device, resolve_dtype
 from ttslens.sae.errors import BadInput
 from ttslens.sae.hooks import check_layer, layer_output, residual_layers
 
@@ -39,8 +40,8 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
-    return model.to(device).eval(), tok
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype))
+    return model.to(resolve_device(device)).eval(), tok
 
 
 class ModelActivations:

@@ -25,6 +25,9 @@ class TrainConfig:
     """Cached activations instead of a model: a safetensors file or a directory of shards."""
     backbone: str = ""
     """A TTS backbone instead (e.g. demo): teacher-forced over its corpus, with text/speech modality."""
+    corpus: str = ""
+    """With --backbone: what to teacher-force (default: the backbone's own corpus; or (text, audio) pairs:
+    a .jsonl/.csv/.parquet file, a saved `datasets` directory or hf:NAME, tokenised by the backbone)."""
     layer: int = 0
     """Decoder layer whose output (the residual stream after it) is read."""
     context: int = 256
@@ -58,6 +61,8 @@ class TrainConfig:
     """Run the encoder under bfloat16 autocast."""
     device: str = "cpu"
     """Torch device (under torchrun, cuda uses the local rank)."""
+    model_dtype: str = "float32"
+    """dtype of the model whose activations are harvested (--model or --backbone): float32, bfloat16, float16."""
     model_batch: int = 8
     """Documents per model forward when harvesting."""
     checkpoint_every: int = 1_000_000

@@ -30,6 +30,7 @@ from ttslens.sae.base import SAE, ForwardOutput, global_batch, make_sae
 from ttslens.sae.commands import l0_vs_k
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_write_json, save_sae
+from ttslens.sae.hooks import hook_name
 from ttslens.sae.metrics import evaluate
 from ttslens.sae.training import checkpoint
 from ttslens.sae.training.config import TrainConfig
@@ -68,12 +69,12 @@ def build_source(cfg: TrainConfig, say=lambda msg: None):
         return (
             train_src,
             eval_src,
-            {"dataset_path": cfg.activations, "hook_name": f"layer_{cfg.layer}", "layer": cfg.layer},
+            {"dataset_path": cfg.activations, "hook_name": hook_name(cfg.layer), "layer": cfg.layer},
         )
     from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
     say(f"loading {cfg.model} and the dataset {cfg.dataset} ...")
-    model, tok = load_model(cfg.model, cfg.device)
+    model, tok = load_model(cfg.model, cfg.device, cfg.model_dtype)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
     src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
     info = {
@@ -81,7 +82,7 @@ def build_source(cfg: TrainConfig, say=lambda msg: None):
         "dataset_path": cfg.dataset,
         "layer": cfg.layer,
         "context_size": cfg.context,
-        "hook_name": f"model.layers.{cfg.layer}",
+        "hook_name": hook_name(cfg.layer),
     }
     return src, src, info
 
