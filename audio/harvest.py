@@ -8,6 +8,8 @@ special), its token id, the corpus item and, for speech, its time. `train_sae` i
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ttslens.audio.backbones.base import TTSBackbone
@@ -119,6 +121,8 @@ def train_sae(cfg, progress: bool = True):
 
     if not cfg.backbone:
         return train(cfg, progress=progress)
+    if progress:
+        print(f"loading backbone {cfg.backbone} and its corpus ...", file=sys.stderr, flush=True)
     src, held, info = backbone_sources(
         cfg.backbone,
         cfg.layer,

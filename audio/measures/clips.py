@@ -36,7 +36,7 @@ MEASURES = (
 
 
 class Tracks(NamedTuple):
-    """Frame tracks of one utterance on the 10 ms grid of `audio.measures`."""
+    """Frame tracks of one utterance on the 10 ms grid of `ttslens.audio.measures`."""
 
     duration_s: float
     f0_hz: np.ndarray  # [T], nan where unvoiced

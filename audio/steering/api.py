@@ -8,7 +8,7 @@
 `steer` takes presets (`laughter`, `gender` + male / − female, `rate` + faster / − slower), feature ids
 (`361`, `361:clamp`, `361:ablate`, `361:direction`, `3/361` for the SAE at layer 3) and label searches
 (`"female voice"`: the best-scored feature whose auto-interp label contains the words), each with its
-strength alpha. Every edit becomes an `audio.backbone.Intervention` at its SAE's layer, applied by a
+strength alpha. Every edit becomes an `ttslens.audio.backbones.base.Intervention` at its SAE's layer, applied by a
 forward hook at the scoped positions under the KV cache; the same seed gives the same sample with and
 without steering, so outputs differ only by the edit.
 """
@@ -102,7 +102,7 @@ class SteerableTTS(SAESteerer):
         return 1.0
 
     def resolve_named(self, r: SteerRequest) -> list[ResolvedEdit] | None:
-        """Presets: their saved features, each pushed by alpha (see `audio.presets.preset_edits`)."""
+        """Presets: their saved features, each pushed by alpha (see `ttslens.audio.steering.presets.preset_edits`)."""
         if r.target not in PRESETS:
             return None
         if r.op != "add":

@@ -1,7 +1,7 @@
 """Steering evaluation (`ttslens steer-eval`): the dose-response of a preset or feature.
 
 For every strength alpha, every text and every voice (a sampling seed on the demo, which has no voice
-prompt): synthesize, measure the attribute from the audio alone (`audio.measures`: the laughter
+prompt): synthesize, measure the attribute from the audio alone (`ttslens.audio.measures`: the laughter
 detector's probability, P(male) from pitch, voiced duration), and measure what happened to the words:
 - with Whisper weights: word error rate of the transcript against the input text;
 - offline: the MFCC-DTW distance (per-utterance normalised MFCCs without c0, DTW cost per path step)

@@ -9,7 +9,7 @@ Two ways to find them:
   corpus; at every speech position the SAE latents; an L1 logistic-regression probe per attribute
   (laughter: inside a laughter span; gender: the speaker is male; rate: the utterance is in the
   fastest vs slowest third). The largest positive / negative coefficients give plus / minus.
-  Labels are the corpus truth where it has them, else what `audio.measures` hears in the decoded audio.
+  Labels are the corpus truth where it has them, else what `ttslens.audio.measures` hears in the decoded audio.
 - `labels`: the SAE's `labels.jsonl` from `ttslens label`: speech features whose label (or a close
   runner-up, AUROC ≥ 0.75) is the attribute's audio measure, best AUROC first.
 - `auto` (the default): per attribute, the labels where some feature is labelled as it, the probe for

@@ -1,4 +1,4 @@
-"""SAE-feature steering of a Hugging Face text causal LM, the text counterpart of `audio.steer`.
+"""SAE-feature steering of a Hugging Face text causal LM, the text counterpart of `ttslens.audio.steering.api`.
 
     from ttslens.sae.lm.steer import TextSteerer
     ts = TextSteerer.load("runs/quickstart-text/model", sae="runs/quickstart-text/sae")
@@ -6,7 +6,7 @@
     out.text, out.tokens, out.steered
     default, steered = ts.compare("the cat", "cat words=4")
 
-`steer` takes the strings of `sae.steering.parse_steers`: feature ids (`361=4`, `361:clamp=5`, `361:ablate`,
+`steer` takes the strings of `ttslens.sae.steering.parse_steers`: feature ids (`361=4`, `361:clamp=5`, `361:ablate`,
 `361:direction=2`, `3/361=4` for the SAE at layer 3) and label searches (`"the word cat=4"`: the feature with the
 best detection AUROC whose SAE_DIR/labels/labels.jsonl label contains the words). Each resolved edit becomes a
 `LayerSteer` applied by a forward hook on its SAE's decoder layer, at the positions in scope, under the KV cache.

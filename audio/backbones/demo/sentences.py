@@ -1,7 +1,7 @@
 """A seeded generator of varied, roughly grammatical English sentences over a broad vocabulary.
 
 Sentences are statements, compound and complex sentences, yes/no and wh-questions, exclamations and
-imperatives, built from small phrase grammars over the word lists in `audio.wordlist`. Their length in
+imperatives, built from small phrase grammars over the word lists in `wordlist`. Their length in
 words is drawn uniformly from [min_words, max_words], so speech duration tracks text length. The text uses
 only lowercase a-z, space and . , ? ! ' - (the demo LM's character vocabulary).
 """
