@@ -5,11 +5,11 @@
    - `harvest_full`: recording the *last* layer, so both run every layer (the hooks' and buffer's cost alone);
    - `harvest_at_layer`: recording layer L (default 3), where the engine stops the pass after L.
 2. Steering: time per generated token with a preset edit vs unsteered, same text, same seed, same
-   length (min = max tokens), runs interleaved; medians.
+   length (min = max tokens), runs interleaved in ABBA order; medians.
 Writes results/interface.json.
 
     python benchmarks/bench_interface.py --sae runs/ai/sae_l3     # an SAE on the demo's layer 3
-    python benchmarks/bench_interface.py                          # trains a small one first (~1 min)
+    python benchmarks/bench_interface.py --repeats 9              # trains a small one first (~1 min)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def harvest_overhead(bb, layer: int, batches: int, batch: int, repeats: int) -> 
         "harvest_full": BackboneActivations(bb, items, bb.n_layers - 1, batch=batch),
         "harvest_at_layer": BackboneActivations(bb, items, layer, batch=batch),
     }
-    for r in range(repeats + 1):  # round 0 warms up
-        for kind in runs:
+    kinds = list(runs)
+    for r in range(repeats + 1):  # round 0 warms up; the order rotates so no kind always runs first
+        for kind in kinds[r % 3 :] + kinds[: r % 3]:
             t0 = time.perf_counter()
             for j, chunk in enumerate(chunks):
                 if kind == "bare":
@@ -113,7 +115,7 @@ def main() -> None:
         "harvest": harvest,
         "steer": steer,
         "torch_threads": torch.get_num_threads(),
-        "command": "python benchmarks/bench_interface.py" + (f" --sae {args.sae}" if args.sae else ""),
+        "command": " ".join(["python benchmarks/bench_interface.py", *sys.argv[1:]]),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "interface.json").write_text(json.dumps(out, indent=1))

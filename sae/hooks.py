@@ -138,16 +138,15 @@ class Hooks:
         changed = False
         for e in edits:
             m_BT = e.mask(self.context)
-            if m_BT is None:
+            if m_BT is not None and m_BT.shape != h_BTD.shape[:2]:
+                raise BadInput(f"edit mask of shape {tuple(m_BT.shape)} for activations {tuple(h_BTD.shape[:2])}")
+            if m_BT is None or bool(m_BT.all()):  # every position (e.g. a cached step): no indexing, no copy
                 h_BTD = e(h_BTD.reshape(-1, h_BTD.shape[-1])).reshape(h_BTD.shape).to(h_BTD.dtype)
                 changed = True
-                continue
-            m_BT = m_BT.to(h_BTD.device)
-            if m_BT.shape != h_BTD.shape[:2]:
-                raise BadInput(f"edit mask of shape {tuple(m_BT.shape)} for activations {tuple(h_BTD.shape[:2])}")
-            if m_BT.any():
+            elif bool(m_BT.any()):  # masks are built on the CPU: checking them never syncs a GPU
                 if not changed:
                     h_BTD = h_BTD.clone()
+                m_BT = m_BT.to(h_BTD.device)
                 h_BTD[m_BT] = e(h_BTD[m_BT]).to(h_BTD.dtype)
                 changed = True
         if layer in self.recorded:
