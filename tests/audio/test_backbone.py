@@ -196,3 +196,29 @@ def test_an_unknown_instruct_is_refused_with_the_known_ones(small):
     assert len(small.sequence("hi.", instruct="A Woman speaking quickly.")) > 3  # case and spacing folded
     with pytest.raises(BadInput, match="does not know the instruct 'a pirate speaking.'.*a woman speaking slowly"):
         small.sequence("hi.", instruct="a pirate speaking.")
+
+
+def test_a_text_audio_dataset_is_teacher_forced_through_encode_audio(small, tmp_path):
+    """A corpus of real (text, audio) pairs: audio files at another rate, tokenised by the backbone's codec."""
+    import librosa
+    import soundfile as sf
+
+    from ttslens.audio.corpus import load_corpus
+    from ttslens.audio.harvest import BackboneActivations
+
+    rows = []
+    for i, it in enumerate(small.default_corpus().items("train")[:4]):
+        wave = librosa.resample(small.decode(it.tokens), orig_sr=small.sample_rate, target_sr=22050)
+        sf.write(tmp_path / f"u{i}.wav", wave, 22050)
+        rows.append({"text": it.text, "audio": str(tmp_path / f"u{i}.wav")})
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    corpus = load_corpus(str(tmp_path / "pairs.jsonl"), backbone=small)
+    items = corpus.items("all")
+    assert len(items) == 4 and all(it.tokens is None and it.audio[1] == 22050 for it in items)
+    tokens = small.encode_audio(*items[0].audio)
+    assert tokens.shape[1] == 1 and abs(len(tokens) - len(small.default_corpus().items("train")[0].tokens)) <= 2
+    src = BackboneActivations(small, items, layer=1, batch=2)
+    blk = src.block(src.start_state(), 64)
+    assert blk.acts.shape[1] == small.d_model and (blk.meta["modality"] == SPEECH).any()
+    with pytest.raises(BadInput, match="no column 'speech'"):
+        load_corpus(str(tmp_path / "pairs.jsonl"), backbone=small, audio_column="speech")

@@ -17,7 +17,8 @@ from ttslens.audio.backbones.demo.corpus_gen import (
     sample_utterance,
 )
 from ttslens.audio.backbones.demo.espeak import VOICE_BY_NAME, VOICES, render_laugh, speak
-from ttslens.audio.backbones.demo.sentences import ALLOWED, SentenceGenerator
+from ttslens.audio.backbones.demo.grammar import ALLOWED
+from ttslens.audio.backbones.demo.sentences import SentenceGenerator
 
 SR = 16000
 
