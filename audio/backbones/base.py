@@ -12,7 +12,8 @@ A subclass supplies the model-specific pieces:
 - `embed(ids_BTC, modality_BT)`, `forward(embeds, attention_mask, position_ids, cache)`, `layers()`;
 - `speech_logits(hidden)`: the head that predicts the next speech position (stop ids included);
 - `decode(tokens_TC)` → waveform and, where it has a speech tokenizer, `encode_audio(wave, sr)`.
-Optional: `sample_frame` (its own sampler: history-aware, a depth decoder, slot masks), `is_stop`,
+Optional: `prefill` / `step` (how a frame is fed: the defaults embed it at the next position under the KV
+cache), `sample_frame` (its own sampler: history-aware, a depth decoder, slot masks), `is_stop`,
 `speech_nll`, `speech_times`, `default_corpus`, `token_text`, `instruct_mask`, `max_new_tokens`.
 
 The base class gives every backbone batched teacher forcing (right padding + attention mask),
@@ -147,6 +148,9 @@ class DecodeState:
     top_k: int = 50
     top_p: float = 0.95
     min_tokens: int = 1
+    cache: object = None  # the model's KV cache
+    attn_BT: torch.Tensor | None = None  # attention mask over every position so far (0: padding, finished rows)
+    pos_BT: torch.Tensor | None = None  # position ids of the last call
 
 
 class TTSBackbone:
@@ -363,6 +367,33 @@ class TTSBackbone:
         """One forward pass over [prefix, speech tokens]; residuals at `layers`, speech logits."""
         return self.teacher_forced_batch([(text, speech_tokens, instruct)], layers, interventions)[0]
 
+    def prefill(self, seqs: Sequence[TTSSequence], state: DecodeState, hooks: Hooks) -> None:
+        """Run the left-padded prefixes through the model (hooks see every position); fills the state's
+        cache, attention mask, position ids and last hidden state."""
+        ids, ctx, state.attn_BT, state.pos_BT = self.pad(seqs, left=True)
+        hooks.context = ctx
+        h, state.cache = self.forward(self._embed(ids, ctx.modality), state.attn_BT, state.pos_BT)
+        state.hidden_BD = h[:, -1]
+
+    def step(self, state: DecodeState, frame_BC: torch.Tensor, fed_B: torch.Tensor, hooks: Hooks) -> None:
+        """Embed each fed row's new frame at its next position and run one cached step (rows not fed are
+        masked out); updates the state."""
+        B = frame_BC.shape[0]
+        ids = torch.full((B, 1, self.n_codebooks), PAD, dtype=torch.long)
+        times = torch.full((B, 1), float("nan"))
+        for b in range(B):
+            if fed_B[b]:
+                ids[b, 0] = self.speech_ids(frame_BC[b : b + 1], state.n_speech[b])[0].cpu()
+                times[b, 0] = self.speech_times(state.n_speech[b], 1)[0]
+                state.n_speech[b] += 1
+        modality = torch.where(fed_B, SPEECH, PAD).to(torch.int8)[:, None]
+        hooks.context = Positions(modality, torch.zeros((B, 1), dtype=torch.bool), times)
+        state.attn_BT = torch.cat([state.attn_BT, fed_B.to(state.attn_BT)[:, None]], dim=1)
+        state.pos_BT = state.pos_BT[:, -1:] + 1
+        embeds = self._embed(ids.to(self.device), modality)
+        h, state.cache = self.forward(embeds, state.attn_BT, state.pos_BT, state.cache)
+        state.hidden_BD = h[:, -1]
+
     @torch.no_grad()
     def generate(
         self,
@@ -390,8 +421,6 @@ class TTSBackbone:
         for s in seqs:
             self.check_length(len(s) + 1, "the text")
         limits = [min(max_tokens or self.max_new_tokens(s), self.max_positions - len(s)) for s in seqs]
-        ids, ctx, attn, pos = self.pad(seqs, left=True)
-        B = len(seqs)
         state = DecodeState(
             hidden_BD=torch.empty(0),
             tokens=[[] for _ in seqs],
@@ -402,13 +431,12 @@ class TTSBackbone:
             top_p=top_p,
             min_tokens=min_tokens,
         )
+        B = len(seqs)
         done, stopped = [lim <= 0 for lim in limits], [False] * B
         hooks = Hooks(self.layers(), interventions, record)
         with hooks:
-            hooks.context = ctx
-            h, cache = self.forward(self._embed(ids, ctx.modality), attn, pos)
+            self.prefill(seqs, state, hooks)
             while not all(done):
-                state.hidden_BD = h[:, -1]
                 frame_BC = self.sample_frame(state).cpu()
                 stop_B = self.is_stop(frame_BC)
                 fed = [False] * B
@@ -423,20 +451,8 @@ class TTSBackbone:
                     done[b] = len(state.tokens[b]) >= limits[b]
                 if not any(fed):
                     break
-                step_ids = torch.full((B, 1, self.n_codebooks), PAD, dtype=torch.long)
-                times = torch.full((B, 1), float("nan"))
-                for b in range(B):
-                    if fed[b]:
-                        step_ids[b, 0] = self.speech_ids(frame_BC[b : b + 1], state.n_speech[b])[0].cpu()
-                        times[b, 0] = self.speech_times(state.n_speech[b], 1)[0]
-                        state.n_speech[b] += 1
-                fed_B = torch.tensor(fed)
-                modality = torch.where(fed_B, SPEECH, PAD).to(torch.int8)[:, None]
-                hooks.context = Positions(modality, torch.zeros((B, 1), dtype=torch.bool), times)
-                attn = torch.cat([attn, fed_B.to(attn)[:, None]], dim=1)
-                pos = pos[:, -1:] + 1
-                h, cache = self.forward(self._embed(step_ids.to(ids.device), modality), attn, pos, cache)
-        keep_BT = attn.bool().cpu()
+                self.step(state, frame_BC, torch.tensor(fed), hooks)
+        keep_BT = state.attn_BT.bool().cpu()
         hidden = {i: v.float().cpu() for i, v in hooks.hidden().items()}
         out = []
         for b, s in enumerate(seqs):
