@@ -2,74 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 from scipy.special import expit, logit
-from transformers import (
-    ASTConfig,
-    ASTFeatureExtractor,
-    ASTForAudioClassification,
-    Wav2Vec2Config,
-    Wav2Vec2FeatureExtractor,
-    Wav2Vec2ForSequenceClassification,
-)
 
+from tests.conftest import AST_LABELS, save_wav2vec2  # the tiny models the fixtures build (ast_dir, gender_dir)
 from ttslens.audio.measures import classifiers
 from ttslens.audio.measures.classifiers import AudioClassifier, GenderClassifier, LaughterClassifier, fit_calibration
 
 SR = 22050
-AST_LABELS = {0: "Speech", 1: "Laughter", 2: "Giggle", 3: "Male speech, man speaking"}
-
-
-def labelled(id2label: dict[int, str]) -> dict:
-    return {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
-
-
-@pytest.fixture(scope="module")
-def ast_dir(tmp_path_factory):
-    """A random AudioSet-style AST: 32 mel bins, 1-s window (100 frames)."""
-    torch.manual_seed(0)
-    config = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_mel_bins=32,
-        max_length=100,
-        **labelled(AST_LABELS),
-    )
-    path = tmp_path_factory.mktemp("ast")
-    ASTForAudioClassification(config).save_pretrained(path)
-    ASTFeatureExtractor(num_mel_bins=32, max_length=100).save_pretrained(path)
-    return path
-
-
-def save_wav2vec2(path, id2label: dict[int, str], attention_mask: bool = True):
-    """A random 2-class wav2vec2 classifier with a 2-layer conv front end (hop 40 samples)."""
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16),
-        conv_kernel=(10, 4),
-        conv_stride=(10, 4),
-        num_feat_extract_layers=2,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        classifier_proj_size=16,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        **labelled(id2label),
-    )
-    Wav2Vec2ForSequenceClassification(config).save_pretrained(path)
-    Wav2Vec2FeatureExtractor(return_attention_mask=attention_mask).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def gender_dir(tmp_path_factory):
-    return save_wav2vec2(tmp_path_factory.mktemp("gender"), {0: "female", 1: "male"})
 
 
 @pytest.fixture(scope="module")
