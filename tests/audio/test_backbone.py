@@ -174,7 +174,7 @@ def test_synthesize_command_writes_a_wav(small_assets, tmp_path, capsys):
         from ttslens.audio.measures.wer import wer
 
         assert isinstance(report["transcript"], str) and report["wer"] == round(
-            wer("hello there.", report["transcript"]), 3
+            wer("hello [laughter] there.", report["transcript"]), 3
         )
     assert cli([*argv, "--max-seconds", "1", "--asr", ""]) == 0
     assert "transcript" not in json.loads(capsys.readouterr().out)
