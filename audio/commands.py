@@ -56,6 +56,9 @@ class SynthesizeConfig:
     3/361=2 (the SAE at layer 3), "female voice=2" (a label search)."""
     scope: str = "speech"
     """Positions steered: speech | text | all | generated."""
+    window: list[float] = field(default_factory=list)
+    """Steer only the speech between T0 and T1 seconds of the utterance, e.g. --window 0.8 1.4 (a laugh
+    inserted there; speech before and after is unedited); empty = the whole utterance."""
     replace: bool = False
     """Paper-exact edit: replace the residual by the SAE reconstruction of the edited latents (default:
     keep the SAE's error, so only the edited latents' contribution changes)."""
@@ -88,6 +91,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         seed=cfg.seed,
         instruct=cfg.instruct or None,
         scope=cfg.scope,
+        window=window_of(cfg.window),
         replace=cfg.replace,
         temperature=cfg.temperature,
         top_k=cfg.top_k,
@@ -109,6 +113,15 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         | heard(cfg.asr, cfg.text, out.wave, out.sample_rate)
         | ({"steered": steered, "steered_positions": int(out.steered.sum())} if steered else {})
     )
+
+
+def window_of(values: list[float]) -> tuple[float, float] | None:
+    """--window T0 T1 → (t0, t1); [] → None."""
+    if not values:
+        return None
+    if len(values) != 2:
+        raise BadInput(f"--window takes two times in seconds, T0 T1 (got {len(values)} values)")
+    return float(values[0]), float(values[1])
 
 
 def heard(asr_name: str, text: str, wave: np.ndarray, sample_rate: int) -> dict:

@@ -306,3 +306,17 @@ def test_the_probe_is_l1_on_this_scikit_learn(steer_sae):
     probes = read_presets(steer_sae)["presets"].values()  # the saved probes: sparse too (L2 keeps every feature)
     assert all(0 < p["nonzero_coefs"] < p["features_seen"] for p in probes)
     assert sum(p["nonzero_coefs"] for p in probes) < 0.8 * sum(p["features_seen"] for p in probes)
+
+
+def test_cli_window_steers_only_inside_it(steer_sae, tmp_path, capsys):
+    base = ["synthesize", "we will meet at the station.", "--sae", str(steer_sae), "--seed", "2", "--asr", ""]
+    assert cli([*base, "--steer", "laughter=2", "--window", "0.4", "0.8", "--out", str(tmp_path / "w.wav")]) == 0
+    windowed = json.loads(capsys.readouterr().out)
+    assert cli([*base, "--steer", "laughter=2", "--out", str(tmp_path / "a.wav")]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert 0 < windowed["steered_positions"] < whole["steered_positions"]
+    assert windowed["steered_positions"] <= round(0.4 * 25) + 1  # 25 speech frames per second on the demo
+    assert cli([*base, "--steer", "laughter=2", "--window", "1.0", "--out", str(tmp_path / "x.wav")]) == 2
+    assert "two times" in capsys.readouterr().err
+    assert cli([*base, "--steer", "laughter=2", "--window", "2", "1", "--out", str(tmp_path / "x.wav")]) == 2
+    assert "window" in capsys.readouterr().err
