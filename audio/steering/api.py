@@ -178,6 +178,10 @@ class SteerableTTS(SAESteerer):
             steered = torch.zeros(len(g.sequence), dtype=torch.bool)
             for iv in ivs:
                 steered |= iv.mask(g.sequence)
+            if window and ivs and not steered.any():
+                dur = len(g.tokens) / self.bb.token_rate
+                span = f"{window[0]:g}-{window[1]:g} s"
+                note(f"nothing was steered: the window {span} lies outside the {dur:.2f} s utterance")
             acts = None
             if record:
                 with torch.no_grad():

@@ -316,6 +316,10 @@ def test_cli_window_steers_only_inside_it(steer_sae, tmp_path, capsys):
     whole = json.loads(capsys.readouterr().out)
     assert 0 < windowed["steered_positions"] < whole["steered_positions"]
     assert windowed["steered_positions"] <= round(0.4 * 25) + 1  # 25 speech frames per second on the demo
+    assert cli([*base, "--steer", "laughter=2", "--window", "60", "61", "--out", str(tmp_path / "x.wav")]) == 0
+    out = capsys.readouterr()
+    assert "steered_positions" not in json.loads(out.out) or json.loads(out.out)["steered_positions"] == 0
+    assert "note: nothing was steered: the window 60-61 s lies outside the" in out.err
     assert cli([*base, "--steer", "laughter=2", "--window", "1.0", "--out", str(tmp_path / "x.wav")]) == 2
     assert "two times" in capsys.readouterr().err
     assert cli([*base, "--steer", "laughter=2", "--window", "2", "1", "--out", str(tmp_path / "x.wav")]) == 2
