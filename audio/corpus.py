@@ -115,6 +115,11 @@ class AudioTextCorpus(Corpus):
         return self._items
 
 
+def backbone_items(backbone, split: str = "train") -> list[CorpusItem]:
+    """The items of a split of the corpus the backbone ships with, each with its speech tokens."""
+    return [with_tokens(it, backbone) for it in load_corpus(None, backbone=backbone).items(split)]
+
+
 def load_corpus(
     spec: str | Path | None = None,
     backbone=None,

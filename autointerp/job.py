@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ttslens.audio.corpus import load_corpus, with_tokens
+from ttslens.audio.corpus import backbone_items
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.audio.measures.clips import MEASURES
 from ttslens.autointerp.collect import Collection, collect, load_or_collect
@@ -32,17 +32,6 @@ if TYPE_CHECKING:
 MIN_ITEMS = 8
 STAMPED = ("labeler", "items", "top", "quantiles", "negatives", "pool", "speech_share", "text_share", "clip_s")
 STAMPED += ("seed", "asr", "laughter_model", "gender_model")
-
-
-# ---- what the corpus and the measures supply ----------------------------------------------------------------
-def corpus_items(bb, split: str) -> list:
-    """The backbone's corpus utterances (CorpusItem: text, instruct, speech tokens) of `split`."""
-    return [with_tokens(it, bb) for it in load_corpus(None, backbone=bb).items(split)]
-
-
-def laughter_detector(bb):
-    """The laughter detector fitted on this demo build (the shipped one otherwise; `ttslens.audio.measures`)."""
-    return laughter_detector_for(bb)
 
 
 def parse_features(spec: str, n: int) -> list[int]:
@@ -148,7 +137,7 @@ class Job:
     def _scanned_items(self) -> tuple[list[int], list]:
         """--items corpus utterances in a seeded order: (their corpus indices, the items)."""
         cfg = self.cfg
-        corpus = corpus_items(self.bb, "all")
+        corpus = backbone_items(self.bb, "all")
         if len(corpus) < MIN_ITEMS:
             raise BadInput(
                 f"the {self.backbone_name} corpus has {len(corpus)} utterances; labelling needs at least {MIN_ITEMS} "
@@ -206,7 +195,7 @@ class Job:
         self.col = load_or_collect(self.out / "collect.safetensors", meta, scan)
         if not bool((self.col.modality == SPEECH).any()):
             raise BadInput("the scanned corpus has no speech positions: is it a TTS corpus with speech tokens?")
-        detector = laughter_detector(self.bb)
+        detector = laughter_detector_for(self.bb)
         self.models = load_clip_models(c, detector is not None)
         self.models_used = clip_models_used(c, self.models, detector is not None)
         self.ev = Evidence(self.bb, self.items, self.col, c.clip_s, detector, self.models)

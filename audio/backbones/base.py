@@ -319,9 +319,9 @@ class TTSBackbone:
         return ids.to(dev), Positions(modality, prompt, times), attn.to(dev), pos.to(dev)
 
     def _embed(self, ids_BTC: torch.Tensor, modality_BT: torch.Tensor) -> torch.Tensor:
-        """embed() with padding ids made valid (their rows are masked out anyway)."""
-        pad_BT = modality_BT.to(ids_BTC.device) == PAD
-        safe = ids_BTC.masked_fill(pad_BT[..., None] & (ids_BTC == PAD), 0)
+        """embed() with PAD ids (padding rows, unused codebooks of text positions) read as 0: a subclass
+        tells text from speech by `modality_BT`, never by the ids' sign."""
+        safe = ids_BTC.masked_fill(ids_BTC == PAD, 0)
         return self.embed(safe, modality_BT.to(ids_BTC.device)).to(self.dtype)
 
     @torch.no_grad()

@@ -32,8 +32,7 @@ def register_backbone(entry: BackboneEntry) -> BackboneEntry:
 
 
 def _builtin() -> None:
-    if REGISTRY:
-        return
+    """Register the backbones ttslens ships (importing a module twice is free), beside any user's."""
     from ttslens.audio.backbones.demo import backbone as _demo  # noqa: F401  (registers "demo")
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ttslens.audio.corpus import backbone_items
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.audio.measures.wer import wer
-from ttslens.audio.steering.presets import corpus_of
 from ttslens.sae import notes
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, FileClash
@@ -79,7 +79,7 @@ CONFIG = "steer_eval_config.json"
 
 def _texts(bb, n: int) -> list[str]:
     """n held-out corpus texts of moderate length without tags (fallback: fixed sentences)."""
-    pool = [it.text for it in corpus_of(bb, "heldout") if "[" not in it.text and 25 <= len(it.text) <= 90]
+    pool = [it.text for it in backbone_items(bb, "heldout") if "[" not in it.text and 25 <= len(it.text) <= 90]
     pool += [t for t in FALLBACK_TEXTS if t not in pool]
     if n > len(pool):
         raise BadInput(f"--texts {n} is more than the {len(pool)} texts available: lower --texts")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.corpus import load_corpus, with_tokens
+from ttslens.audio.corpus import backbone_items
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, MissingFile
@@ -48,11 +48,6 @@ SOURCES = ("auto", "probe", "labels")
 
 
 # ---- what the backbone provides (one place each, to switch with the backbone interface) ------------
-def corpus_of(bb, split: str):
-    """The backbone's utterances of a split (items with text, tokens, instruct, truth; `ttslens.audio.corpus`)."""
-    return [with_tokens(it, bb) for it in load_corpus(None, backbone=bb).items(split)]
-
-
 def l1_logistic(C: float, **kwargs):
     """An L1-penalised LogisticRegression on any scikit-learn: `l1_ratio=1.0` where `penalty` is deprecated
     (≥ 1.8, where l1_ratio alone sets the penalty), else `penalty="l1"` (below 1.8 `l1_ratio` alone is
@@ -155,7 +150,7 @@ def probe_presets(
     (presets, every feature's mean activation when active)."""
     from scipy import sparse
 
-    corpus = corpus_of(bb, "train")
+    corpus = backbone_items(bb, "train")
     if not corpus:
         raise BadInput(f"backbone {bb.name} has no corpus to fit probes on: use --source labels")
     rng = np.random.default_rng(seed)
