@@ -26,6 +26,7 @@ def _commands():
     from ttslens.audio.harvest import train_sae
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, run_presets
+    from ttslens.audio.voices import VoicesConfig, run_voices
     from ttslens.autointerp.pipeline import LabelConfig, run_label
     from ttslens.sae.commands import (
         EvalConfig,
@@ -51,6 +52,7 @@ def _commands():
         "steer-eval": (SteerEvalConfig, run_steer_eval, "dose-response of a steering preset or feature"),
         "app": (AppConfig, run_app, "the web app: synthesize & steer, feature browser, sweeps, text LLM"),
         "backbones": (BackbonesConfig, run_backbones, "list the TTS backbones: what each needs, usable or why not"),
+        "voices": (VoicesConfig, run_voices, "list a backbone's named voices (--voice NAME)"),
         "demo build": (DemoBuildConfig, run_demo_build, "build the embedded demo TTS backbone from scratch"),
         "quickstart": (QuickstartConfig, run_quickstart, "offline end-to-end TTS loop on the embedded demo backbone"),
         "quickstart-text": (TextQuickstartConfig, run_text_quickstart, "offline SAE loop on a tiny text LM built here"),

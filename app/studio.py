@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ttslens.app.render import fmt
-from ttslens.audio.measures import laughter_detector_for
+from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
 from ttslens.sae.devices import resolve_device
 from ttslens.sae.errors import BadInput
 from ttslens.sae.steering import PRESET_NAMES
@@ -99,6 +99,9 @@ class Studio:
                 return s
         raise BadInput(f"no SAE loaded for layer {layer!r}: loaded layers are {[s.layer for s in self.tts.saes]}")
 
+    def voice_names(self) -> list[str]:
+        return sorted(self.tts.bb.voices())
+
     def has_presets(self, layer) -> bool:
         return bool(self.tts.saes) and self.tts.saved_presets(self._sae(layer)) is not None
 
@@ -132,8 +135,9 @@ class Studio:
         scope: str = "speech",
         replace: bool = False,
         progress=None,
+        voice: str = "",
     ) -> dict:
-        """Default and steered synthesis of `text` with the same seed, their measures, the edits."""
+        """Default and steered synthesis of `text` with the same seed (and voice), their measures, the edits."""
         from ttslens.audio.backbones.base import SCOPES
         from ttslens.audio.measures.signal import measure
 
@@ -144,7 +148,7 @@ class Studio:
         seed = whole(seed, "seed", 0, 2**31 - 1)
         steer = self.steer_request(layer, presets or {}, list(picks)) if self.tts.saes else {}
         tick = progress or (lambda *_: None)
-        kw = {"seed": seed, "instruct": str(instruct or "").strip() or None}
+        kw = {"seed": seed, "instruct": str(instruct or "").strip() or None, "voice": str(voice or "") or None}
         with self.tts_lock:
             tick(0.1, "default synthesis")
             default = self.tts.synthesize(text, None, **kw)
@@ -152,12 +156,14 @@ class Studio:
             steered = self.tts.synthesize(text, steer, scope=scope, replace=replace, record=bool(self.tts.saes), **kw)
         tick(0.9, "measuring")
         det = laughter_detector_for(self.tts.bb)
-        m0, m1 = (measure(o.wave, o.sample_rate, det) for o in (default, steered))
+        timbre = timbre_gender_for(self.tts.bb)
+        m0, m1 = (measure(o.wave, o.sample_rate, det, gender_model=timbre) for o in (default, steered))
         names = {
             "duration_s": "duration (s)",
             "voiced_s": "voiced (s)",
             "median_f0_hz": "median F0 (Hz)",
-            "p_male": "P(male)",
+            "p_male": "P(male) by pitch",
+            "p_male_timbre": "P(male) by timbre",
             "syllables_per_s": "syllables/s",
             "laughter": "laughter",
         }

@@ -74,6 +74,12 @@ def synthesize_tab(studio: Studio) -> None:
                     label="Text", value="that is the funniest thing i have heard.", lines=2, elem_id="text"
                 )
                 instruct = gr.Textbox(label="Instruct (optional)", placeholder="a woman speaking quickly.")
+                voice = gr.Dropdown(
+                    ["", *studio.voice_names()],
+                    value="",
+                    label="Voice (a named voice prompt; empty: the seed's voice)",
+                    elem_id="voice",
+                )
             with gr.Column(scale=2):
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
                 scope = gr.Dropdown(list(SCOPES), value="speech", label="Scope (positions steered)", visible=has_sae)
@@ -114,11 +120,14 @@ def synthesize_tab(studio: Studio) -> None:
 
     def on_synthesize(text, instruct, seed, scope, replace, sae, *rest, progress=gr.Progress()):  # noqa: B008 (how gradio injects its bar)
         try:
+            *rest, voice = rest
             presets = dict(zip(PRESET_NAMES, rest[: len(PRESET_NAMES)], strict=True))
             p = rest[len(PRESET_NAMES) :]
             picked = list(zip(p[::2], p[1::2], strict=True))
             tick = lambda f, m: progress(f, desc=m)  # noqa: E731
-            r = studio.synthesize(text, instruct, sae, presets, picked, seed, scope, replace, progress=tick)
+            r = studio.synthesize(
+                text, instruct, sae, presets, picked, seed, scope, replace, progress=tick, voice=voice
+            )
         except Exception as e:
             return fail(e, 6)
         d, s = r["default"], r["steered"]
@@ -131,12 +140,12 @@ def synthesize_tab(studio: Studio) -> None:
             table(r["measures"], ["measure", "default", "steered"]),
             table(r["edits"], EDIT_COLUMNS),
             activation_figure(s) if has_sae else None,
-            f"{note} · seed {seed} · {s.seconds:.1f} s generation{cut}",
+            f"{note} · {'voice ' + voice + ' · ' if voice else ''}seed {seed} · {s.seconds:.1f} s generation{cut}",
         )
 
     go.click(
         on_synthesize,
-        [text, instruct, seed, scope, replace, sae, *sliders, *picks],
+        [text, instruct, seed, scope, replace, sae, *sliders, *picks, voice],
         [audio_default, audio_steered, measures, edits, act_plot, status],
         api_name="synthesize",
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttslens.audio.measures import laughter_detector_for
+from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_path
 from ttslens.sae.steering import STRENGTHS, is_steer_spec, parse_steers
@@ -33,8 +33,15 @@ class SynthesizeConfig:
     """Backbone weights' dtype: float32, bfloat16 or float16."""
     instruct: str = ""
     """Optional instruct prefix, e.g. "a woman speaking quickly." (the demo knows gender and pace)."""
+    voice: str = ""
+    """A named voice of the backbone (see `ttslens voices`; the demo has one per corpus voice): the speech
+    continues that voice's prompt utterance, as CosyVoice3 does."""
+    prompt_wav: str = ""
+    """Speak in the voice of this recording (WAV/FLAC, at most 10 s; resampled as needed)."""
+    prompt_text: str = ""
+    """What --prompt-wav says (default: transcribed by --asr)."""
     seed: int = 0
-    """Sampling seed (the same seed and text give the same audio)."""
+    """Sampling seed (the same seed, text and voice give the same audio)."""
     temperature: float = 1.0
     """Sampling temperature (0 = greedy)."""
     top_k: int = 50
@@ -76,8 +83,10 @@ def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
 
 
 def run_synthesize(cfg: SynthesizeConfig) -> dict:
+    from ttslens.audio.measures.asr import DEFAULT_MODEL
     from ttslens.audio.measures.signal import measure
     from ttslens.audio.steering.api import SteerableTTS
+    from ttslens.audio.voices import resolve_prompt
 
     parse_steers(cfg.steer)  # a wrong edit is named first (its hint is what `--steer gender` needs)
     if not cfg.text.strip():
@@ -85,11 +94,13 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
     if cfg.steer and not cfg.sae:
         raise BadInput("--steer needs an SAE: pass --sae DIR (trained with `ttslens train --backbone`)")
     tts = SteerableTTS.load(cfg.backbone, cfg.sae, device=cfg.device, dtype=cfg.dtype)
+    prompt = resolve_prompt(tts.bb, cfg.voice, cfg.prompt_wav, cfg.prompt_text, cfg.asr or DEFAULT_MODEL)
     out = tts.synthesize(
         cfg.text,
         steer=cfg.steer,
         seed=cfg.seed,
         instruct=cfg.instruct or None,
+        voice=prompt,
         scope=cfg.scope,
         window=window_of(cfg.window),
         replace=cfg.replace,
@@ -99,7 +110,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         max_seconds=cfg.max_seconds,
     )
     path = write_wav(cfg.out, out.wave, out.sample_rate)
-    m = measure(out.wave, out.sample_rate, laughter_detector_for(tts.bb))
+    m = measure(out.wave, out.sample_rate, laughter_detector_for(tts.bb), gender_model=timbre_gender_for(tts.bb))
     measured = {k: None if v is None or v != v else round(float(v), 3) for k, v in m._asdict().items()}
     steered = [
         {"layer": e.layer, "feature": e.edit.feature, "op": e.edit.op, "alpha": e.edit.alpha, "from": e.source}
@@ -109,6 +120,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
     ]
     return (
         {"out": str(path), "speech_tokens": len(out.tokens), "stopped": out.stopped}
+        | ({"voice": prompt.name} if prompt else {})
         | measured
         | heard(cfg.asr, cfg.text, out.wave, out.sample_rate)
         | ({"steered": steered, "steered_positions": int(out.steered.sum())} if steered else {})

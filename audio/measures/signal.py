@@ -29,6 +29,7 @@ from ttslens.sae.errors import BadInput
 
 if TYPE_CHECKING:
     from ttslens.audio.backbones.demo.laughter import LaughterDetector
+    from ttslens.audio.measures.timbre import TimbreGender
 
 HOP_S = 0.01  # frame hop of every track
 GATE_DB = 40.0  # voiced frames lie within this many dB of the loudest frame
@@ -50,9 +51,10 @@ class Measures(NamedTuple):
     duration_s: float
     voiced_s: float
     median_f0_hz: float  # nan when nothing is voiced
-    p_male: float  # nan when nothing is voiced
+    p_male: float  # from pitch; nan when nothing is voiced
     syllables_per_s: float  # nan when there is no speech
     laughter: float | None  # detector probability, None without a detector
+    p_male_timbre: float | None = None  # pitch-free (timbre) classifier, None without one
 
 
 def as_mono(wave, sr: int) -> np.ndarray:
@@ -228,8 +230,15 @@ def speech_rate(wave, sr: int = 16000) -> float:
     return _speech_rate(x, sr, pitch(x, sr))
 
 
-def measure(wave, sr: int = 16000, laughter_detector: LaughterDetector | None = None, fast: bool = False) -> Measures:
-    """All measures of one clip, computing the pitch track once (`fast`: the YIN-only path, ~4x quicker)."""
+def measure(
+    wave,
+    sr: int = 16000,
+    laughter_detector: LaughterDetector | None = None,
+    fast: bool = False,
+    gender_model: TimbreGender | None = None,
+) -> Measures:
+    """All measures of one clip, computing the pitch track once (`fast`: the YIN-only path, ~4x quicker);
+    `gender_model` adds P(male) from timbre beside the pitch one."""
     x = as_mono(wave, sr)
     p = pitch(x, sr, fast=fast)
     f0 = _median_f0(p)
@@ -241,4 +250,5 @@ def measure(wave, sr: int = 16000, laughter_detector: LaughterDetector | None = 
         p_male=p_male(f0),
         syllables_per_s=_speech_rate(x, sr, p),
         laughter=laugh,
+        p_male_timbre=None if gender_model is None else gender_model.p_male(x, sr),
     )

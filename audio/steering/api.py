@@ -32,6 +32,7 @@ from ttslens.audio.steering.presets import (
     read_presets,
     resolve_presets,
 )
+from ttslens.audio.voices import VoicePrompt, named_voice
 from ttslens.sae.errors import BadInput
 from ttslens.sae.notes import note
 from ttslens.sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteerer, SteerRequest, load_steer_saes
@@ -130,7 +131,7 @@ class SteerableTTS(SAESteerer):
     # ---- synthesis ---------------------------------------------------------------------------------
     def synthesize(self, text: str, steer=None, seed: int = 0, **kwargs) -> Synthesis:
         """Speak `text` with the edits `steer` names; `record=True` adds the SAE latents at every position.
-        Keywords: instruct, scope, window, replace, record, temperature, top_k, top_p, max_seconds."""
+        Keywords: instruct, voice, scope, window, replace, record, temperature, top_k, top_p, max_seconds."""
         return self.synthesize_batch([text], steer, [seed], **kwargs)[0]
 
     def synthesize_batch(
@@ -139,6 +140,7 @@ class SteerableTTS(SAESteerer):
         steer=None,
         seeds: Sequence[int] | int = 0,
         instruct: str | None = None,
+        voice=None,
         scope: str = "speech",
         window: tuple[float, float] | None = None,
         replace: bool = False,
@@ -149,7 +151,9 @@ class SteerableTTS(SAESteerer):
         max_seconds: float = 0.0,
     ) -> list[Synthesis]:
         """Several texts in one batched generation (each with its seed; one int = the same seed for all),
-        one edit set. `window=(t0, t1)` limits the edits to speech between t0 and t1 seconds."""
+        one edit set. `window=(t0, t1)` limits the edits to speech between t0 and t1 seconds. `voice`: a voice
+        name of the backbone (`bb.voices()`) or a prompt (`ttslens.audio.voices.prompt_from_wav`, or
+        (text, tokens)) whose voice the speech continues; the prompt's own speech is never steered."""
         seeds = [seeds] * len(texts) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(texts):
             raise BadInput(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
@@ -157,12 +161,18 @@ class SteerableTTS(SAESteerer):
             if not text or not text.strip():
                 raise BadInput("empty text: give the words to speak")
         edits = self.resolve(steer)
+        prompt = named_voice(self.bb, voice) if isinstance(voice, str) and voice else voice or None
+        prompt = prompt.as_prompt() if isinstance(prompt, VoicePrompt) else prompt
+        if window and prompt:  # the window counts from the start of the new speech, after the prompt's
+            lead = len(self.bb.as_tokens(prompt[1])) / self.bb.token_rate
+            window = (window[0] + lead, window[1] + lead)
         ivs = self.interventions(edits, scope, replace, window)
         layers = [s.layer for s in self.saes] if record else []
         t0 = time.perf_counter()
         gens = self.bb.generate(
             list(texts),
             instruct=instruct or None,
+            prompt=prompt,
             interventions=ivs,
             seed=seeds,
             temperature=temperature,
@@ -180,7 +190,8 @@ class SteerableTTS(SAESteerer):
                 steered |= iv.mask(g.sequence)
             if window and ivs and not steered.any():
                 dur = len(g.tokens) / self.bb.token_rate
-                span = f"{window[0]:g}-{window[1]:g} s"
+                lead = len(self.bb.as_tokens(prompt[1])) / self.bb.token_rate if prompt else 0.0
+                span = f"{window[0] - lead:g}-{window[1] - lead:g} s"
                 note(f"nothing was steered: the window {span} lies outside the {dur:.2f} s utterance")
             acts = None
             if record:

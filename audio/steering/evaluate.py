@@ -1,13 +1,15 @@
 """Steering evaluation (`ttslens steer-eval`): the dose-response of a preset or feature.
 
-For every strength alpha, every text and every voice (a sampling seed on the demo, which has no voice
-prompt): synthesize, measure the attribute from the audio alone (`ttslens.audio.measures`: the laughter
-detector's probability, P(male) from pitch, voiced duration), and measure what happened to the words:
+For every strength alpha, every text and every voice (a named voice prompt of the backbone with its own
+seed; a sampling seed alone where the backbone has no named voices): synthesize, measure the attribute
+from the audio alone (`ttslens.audio.measures`: the laughter detector's probability, P(male) from pitch,
+voiced duration), and measure what happened to the words:
 - with Whisper weights: word error rate of the transcript against the input text;
 - offline: the MFCC-DTW distance (per-utterance normalised MFCCs without c0, DTW cost per path step)
-  between the steered output and the unsteered one with the same seed, divided by the mean distance
-  between unsteered outputs of the same text with different seeds (the re-sample baseline). A sampled
-  TTS never says a text the same way twice, so "content preserved" means a ratio near 1, not 0.
+  between the steered output and the unsteered one with the same voice and seed, divided by the mean
+  distance between two unsteered outputs of the same text and voice with different seeds (the same-voice
+  re-sample baseline). A sampled TTS never says a text the same way twice, so "content preserved" means a
+  ratio near 1, not 0.
 Samples land one by one in OUT/samples.jsonl: kill the run and start it again to continue.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ttslens.audio.corpus import backbone_items
-from ttslens.audio.measures import laughter_detector_for
+from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
 from ttslens.audio.measures.wer import wer
 from ttslens.sae import notes
 from ttslens.sae.activations import SPEECH
@@ -32,6 +34,7 @@ from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json, sae_info
 from ttslens.sae.steering import STRENGTHS
 
+RESAMPLE = 100_000  # seed offset of the unsteered same-voice re-samples (the content baseline)
 ATTRIBUTES = {"laughter": "laughter probability", "gender": "P(male)", "rate": "voiced duration (s)"}
 
 
@@ -51,7 +54,8 @@ class SteerEvalConfig:
     alphas: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], metadata={"help": STRENGTHS})
     """Strengths to sweep (0 = unsteered)."""
     voices: int = 6
-    """Voices per text (the demo has no voice prompt: each voice is a sampling seed)."""
+    """Voices per text: named voice prompts spread over the backbone's voices (each with its own seed), or
+    sampling seeds where the backbone has no named voices."""
     texts: int = 5
     """Held-out texts."""
     seed: int = 0
@@ -66,8 +70,9 @@ class SteerEvalConfig:
     """Positions steered: speech | text | all | generated."""
     replace: bool = False
     """Paper-exact edit (replace the residual by the SAE reconstruction)."""
-    asr: str = "tiny"
-    """Whisper model for WER (name or .pt path; empty = none). Offline without weights: MFCC-DTW."""
+    asr: str = "tiny.en"
+    """Whisper for WER (faster-whisper size name or directory, or a .pt path; tiny.en ships with the asr
+    extra); empty = none. Without it: MFCC-DTW only."""
     out: str = ""
     """Output directory (default: SAE_DIR/steer_eval/ATTRIBUTE)."""
     progress: bool = True
@@ -175,8 +180,6 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
         raise BadInput("no SAE given: pass --sae DIR")
     if not cfg.alphas or cfg.voices < 1 or cfg.texts < 1:
         raise BadInput("--alphas, --voices and --texts must each give at least one")
-    if cfg.voices < 2:
-        raise BadInput("--voices must be at least 2: the content baseline compares re-sampled outputs")
     trained_on = sae_info(cfg.sae[0]).get("backbone")  # a missing SAE is named before anything is written
     out = Path(cfg.out or Path(cfg.sae[0]) / "steer_eval" / cfg.attribute)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +198,11 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
     texts = _texts(tts.bb, cfg.texts)
     alphas = sorted(set(float(a) for a in cfg.alphas) | {0.0})
     seeds = [cfg.seed + v for v in range(cfg.voices)]
+    names = sorted(tts.bb.voices())
+    voice_of = {v: names[(i * len(names)) // cfg.voices] if names else None for i, v in enumerate(seeds)}
+    voice_of |= {v + RESAMPLE: voice_of[v] for v in seeds}  # the same voice, another seed
     detector = laughter_detector_for(tts.bb)
+    gender_model = timbre_gender_for(tts.bb) if cfg.attribute == "gender" else None
 
     done: dict[tuple, dict] = {}
     samples_path = out / "samples.jsonl"
@@ -207,6 +214,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
                 continue
             done[(r["alpha"], r["text"], r["voice"])] = r
     jobs = [(a, t, v) for a in alphas for t in range(len(texts)) for v in seeds]
+    jobs += [(0.0, t, v + RESAMPLE) for t in range(len(texts)) for v in seeds]
     feats: dict[tuple, np.ndarray | None] = {}
     bar = None
     if cfg.progress:
@@ -225,18 +233,24 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
                 tts.synthesize(texts[0], seed=cfg.seed, max_seconds=1.0)
                 warm = True
             syn = tts.synthesize(
-                texts[t], {target: a} if a else None, seed=v, scope=cfg.scope, replace=cfg.replace and a != 0
+                texts[t],
+                {target: a} if a else None,
+                seed=v,
+                voice=voice_of[v] or None,
+                scope=cfg.scope,
+                replace=cfg.replace and a != 0,
             )
             f = feats[(a, t, v)] = mfcc_features(syn.wave, syn.sample_rate)
             npy.parent.mkdir(exist_ok=True)
             with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, f if f is not None else np.zeros(0, np.float32))
-            m = measure(syn.wave, syn.sample_rate, detector)
+            m = measure(syn.wave, syn.sample_rate, detector, gender_model=gender_model)
             other = texts[(t + 1) % len(texts)] if len(texts) > 1 else FALLBACK_TEXTS[0]
             rec = {
                 "alpha": a,
                 "text": t,
                 "voice": v,
+                "voice_name": voice_of[v],
                 "value": _num(attribute_value(cfg.attribute, m)),
                 "tokens": len(syn.tokens),
                 "stopped": syn.stopped,
@@ -281,12 +295,11 @@ def _num(x) -> float | None:
 
 
 def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: bool, run_notes: list[str]) -> dict:
-    # content: distance to the unsteered output of the same (text, voice), vs re-sampled unsteered pairs
+    # content: distance to the unsteered output of the same (text, voice), vs same-voice re-samples
     base = [
-        dtw_distance(feats.get((0.0, t, v)), feats.get((0.0, t, w)))
+        dtw_distance(feats.get((0.0, t, v)), feats.get((0.0, t, v + RESAMPLE)))
         for t in range(len(texts))
-        for v, w in zip(seeds, seeds[1:] + seeds[:1], strict=True)
-        if v != w
+        for v in seeds
     ]
     base_mean = float(np.nanmean(base)) if np.isfinite(base).any() else math.nan
     rows = []
@@ -322,6 +335,10 @@ def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: 
         }
         if has_asr:
             row["wer"] = _num(np.mean([r.get("wer", math.nan) for r in recs]))
+        timbre = [r.get("p_male_timbre") for r in recs]
+        if cfg.attribute == "gender" and any(x is not None for x in timbre):  # the pitch-free measure beside it
+            t_mean, t_lo, t_hi = bootstrap_ci([math.nan if x is None else x for x in timbre], seed=cfg.seed)
+            row |= {"p_male_timbre": _num(t_mean), "p_male_timbre_lo": _num(t_lo), "p_male_timbre_hi": _num(t_hi)}
         rows.append(row)
     strongest = max(alphas, key=abs)
     plain_ms, steered_ms, ratio = timing(rows, strongest)
@@ -334,6 +351,10 @@ def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: 
         "content_baseline_distance": _num(base_mean),
         "texts": texts,
         "voices": seeds,
+        "voice_names": [
+            tts.bb.voices() and sorted(tts.bb.voices())[(i * len(tts.bb.voices())) // len(seeds)] or None
+            for i in range(len(seeds))
+        ],
         "rows": rows,
         "unsteered": next(r for r in rows if r["alpha"] == 0.0)["mean"],
         "ms_per_token": {"unsteered": _num(plain_ms), "steered": _num(steered_ms), "alpha": strongest},

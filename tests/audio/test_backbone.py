@@ -24,7 +24,7 @@ def test_small_build_writes_a_loadable_backbone(small_assets, small):
     assert corpus.items("train") and corpus.items("heldout")
     assert len(corpus.items("all")) == len(corpus.items("train")) + len(corpus.items("heldout"))
     g = small.generate("hello there.", seed=0, max_tokens=20)
-    assert g.tokens.ndim == 2 and g.tokens.shape[1] == small.n_codebooks == 1
+    assert g.tokens.ndim == 2 and g.tokens.shape[1] == small.n_codebooks == small.codec.n_codebooks == 4
     wave = small.decode(g.tokens)
     assert wave.dtype == np.float32 and len(wave) == len(g.tokens) * small.codec.hop
 
@@ -42,7 +42,7 @@ def test_build_resumes_from_its_workdir(small_assets, capsys):
 def test_sequence_layout_mirrors_cosyvoice(small):
     tok = small.tok
     seq = small.sequence("hi [laughter] you.", instruct="a woman speaking.")
-    assert seq.ids.shape == (len(seq), 1)
+    assert seq.ids.shape == (len(seq), small.n_codebooks)
     ids, mod = seq.token_ids.tolist(), seq.modality.tolist()
     assert ids[0] == tok.sos and mod[0] == SPECIAL
     eop = ids.index(tok.eop)
@@ -50,16 +50,17 @@ def test_sequence_layout_mirrors_cosyvoice(small):
     assert ids[-1] == tok.task and mod[-1] == SPECIAL and set(mod[eop + 1 : -1]) == {TEXT}
     assert tok.index["[laughter]"] in ids
     assert torch.isnan(seq.times).all() and not seq.prompt.any()
-    full = small.append_speech(seq, torch.tensor([3, 1, 4]))
+    full = small.append_speech(seq, torch.tensor([3, 1, 4])[:, None].repeat(1, small.n_codebooks))
     assert full.modality[-3:].tolist() == [SPEECH] * 3
     assert torch.allclose(full.times[-3:], torch.tensor([0, 1, 2]) / small.token_rate)
 
 
 def test_voice_prompt_positions_are_marked(small):
-    seq = small.sequence("and more.", prompt=("first words.", torch.tensor([5, 6, 7, 8])))
+    frames = torch.tensor([5, 6, 7, 8])[:, None].repeat(1, small.n_codebooks)
+    seq = small.sequence("and more.", prompt=("first words.", frames))
     assert seq.prompt[-4:].all() and (seq.modality[-4:] == SPEECH).all()
     assert seq.prompt[(seq.modality == TEXT)].any()  # the prompt's text
-    g = small.generate("and more.", prompt=("first words.", torch.tensor([5, 6, 7, 8])), seed=1, max_tokens=5)
+    g = small.generate("and more.", prompt=("first words.", frames), seed=1, max_tokens=5)
     assert torch.allclose(g.sequence.times[-len(g.tokens) :], (4 + torch.arange(len(g.tokens))) / small.token_rate)
 
 
@@ -86,7 +87,7 @@ def test_generation_is_seeded(small):
 
 
 def test_speech_intervention_leaves_text_positions_untouched(small):
-    tokens = torch.tensor([1, 2, 3, 4, 5])
+    tokens = torch.tensor([1, 2, 3, 4, 5])[:, None].repeat(1, small.n_codebooks)
     push = torch.full((small.d_model,), 3.0)
     iv = Intervention(layer=0, edit=lambda h: h + push)
     clean = small.teacher_forced("a dog ran.", tokens, layers=[0, 1])
@@ -226,7 +227,10 @@ def test_a_text_audio_dataset_is_teacher_forced_through_encode_audio(small, tmp_
     items = corpus.items("all")
     assert len(items) == 4 and all(it.tokens is None and it.audio[1] == 22050 for it in items)
     tokens = small.encode_audio(*items[0].audio)
-    assert tokens.shape[1] == 1 and abs(len(tokens) - len(small.default_corpus().items("train")[0].tokens)) <= 2
+    assert (
+        tokens.shape[1] == small.n_codebooks
+        and abs(len(tokens) - len(small.default_corpus().items("train")[0].tokens)) <= 2
+    )
     src = BackboneActivations(small, items, layer=1, batch=2)
     blk = src.block(src.start_state(), 64)
     assert blk.acts.shape[1] == small.d_model and (blk.meta["modality"] == SPEECH).any()

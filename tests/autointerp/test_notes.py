@@ -59,7 +59,7 @@ def test_load_optional_turns_a_missing_model_into_one_note():
 def test_label_notes_missing_models_in_cli_words(small_sae, tmp_path, capsys, no_whisper_weights):
     out = tmp_path / "labels"
     args = ["label", "--sae", str(small_sae), "--out", str(out), "--items", "40", "--features", "0:4"]
-    args += ["--laughter-model", NO_AST, "--gender-model", NO_GENDER, "--no-progress"]  # --asr tiny (default)
+    args += ["--laughter-model", NO_AST, "--gender-model", NO_GENDER, "--no-progress", "--asr", "tiny"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert cli(args) == 0
@@ -89,7 +89,13 @@ def test_steer_eval_notes_missing_whisper(steer_sae, tmp_path, no_whisper_weight
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
 
     cfg = SteerEvalConfig(
-        sae=[str(steer_sae)], attribute="gender", alphas=[0.0], voices=2, texts=1, out=str(tmp_path / "sweep")
+        sae=[str(steer_sae)],
+        attribute="gender",
+        alphas=[0.0],
+        voices=2,
+        texts=1,
+        out=str(tmp_path / "sweep"),
+        asr="tiny",
     )  # unsteered only: two syntheses, no timing run
     cfg.progress = False
     with warnings.catch_warnings(record=True) as caught:

@@ -1,10 +1,11 @@
 """The embedded demo backbone: a small Qwen2 TTS LM + the demo codec, loaded from an assets directory.
 
-Assets (written by `ttslens demo build`, shipped in `audio/demo/assets/`):
-`lm.json` + `lm.safetensors` (the transformers config and fp16 weights), `tokenizer.json`,
-`codec.json` + `codec.safetensors`, `laughter.json` + `laughter.safetensors` (the detector fitted on
-the corpus), `corpus.jsonl` + `corpus.safetensors` (the token corpus with its truth) and `build.json`
-(the exact build command, config and measured metrics).
+Assets (written by `ttslens demo build`, shipped in `audio/backbones/demo/assets/`):
+`lm.json` + `lm.safetensors` (the transformers config and fp16 weights, the depth head's as `depth.*`),
+`tokenizer.json`, `codec.json` + `codec.safetensors`, `laughter.json` + `laughter.safetensors` (the
+detector fitted on the corpus), `gender.json` (the timbre gender classifier), `corpus.jsonl` +
+`corpus.safetensors` (the token corpus with its truth) and `build.json` (the exact build command,
+config and measured metrics). The named voices (`voices()`) are prompts drawn from the corpus.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.backbones.base import TTSBackbone, TTSSequence
-from ttslens.audio.backbones.demo.lm import speech_head
+from ttslens.audio.backbones.base import DecodeState, TeacherForced, TTSBackbone, TTSSequence
+from ttslens.audio.backbones.demo.lm import DepthHead, embed_frames, load_lm_state, speech_head
 from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer
 from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
 from ttslens.audio.corpus import Corpus, CorpusItem
-from ttslens.sae.activations import SPECIAL, TEXT
+from ttslens.sae.activations import SPECIAL, SPEECH, TEXT
 from ttslens.sae.devices import resolve_device, resolve_dtype
 from ttslens.sae.errors import BadInput, MissingFile
+from ttslens.sae.sampling import sample
 
 ASSETS = Path(__file__).parent / "assets"
 REBUILD = "reinstall ttslens or rebuild them with `ttslens demo build`"
@@ -90,14 +92,24 @@ class DemoBackbone(TTSBackbone):
 
     name = "demo"
 
-    def __init__(self, model, tokenizer: DemoTokenizer, codec, assets: Path | None = None, info: dict | None = None):
-        self.model, self.tok, self.codec, self.assets, self.info = model.eval(), tokenizer, codec, assets, info or {}
+    def __init__(
+        self,
+        model,
+        depth: DepthHead,
+        tokenizer: DemoTokenizer,
+        codec,
+        assets: Path | None = None,
+        info: dict | None = None,
+    ):
+        self.model, self.depth, self.tok, self.codec = model.eval(), depth.eval(), tokenizer, codec
+        self.assets, self.info = assets, info or {}
         cfg = model.config
         self.d_model, self.n_layers = cfg.hidden_size, cfg.num_hidden_layers
         self.max_positions = cfg.max_position_embeddings
         self.frame_rate, self.sample_rate = float(codec.config.frame_rate), int(codec.config.sample_rate)
-        self.codebook_size = tokenizer.n_speech
+        self.codebook_size, self.n_codebooks = tokenizer.codebook_size, tokenizer.n_codebooks
         self._head = None
+        self._voices: dict | None = None
         self._corpus = DemoCorpus(assets) if assets is not None and (assets / "corpus.jsonl").exists() else None
 
     # ---- loading ------------------------------------------------------------------------------
@@ -115,23 +127,41 @@ class DemoBackbone(TTSBackbone):
         if config.vocab_size != tok.vocab_size:
             raise BadInput(f"demo backbone files in {assets} disagree (vocabulary sizes): {REBUILD}")
         model = Qwen2ForCausalLM(config)
+        depth = DepthHead(config.hidden_size, tok.n_codebooks, tok.codebook_size)
         state = _read_tensors(assets / "lm.safetensors")
+        expected = set(model.state_dict()) | {f"depth.{k}" for k in depth.state_dict()}
+        if set(state) != expected:
+            odd = sorted(set(state) ^ expected)[:3]
+            raise BadInput(f"demo backbone weights in {assets} do not fit its config ({odd}): {REBUILD}")
         try:
-            model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+            load_lm_state(model, depth, state)
         except RuntimeError as e:
             raise BadInput(f"demo backbone weights in {assets} do not fit its config ({e}): {REBUILD}") from None
-        missing = set(model.state_dict()) - set(state)
-        if missing:
-            raise BadInput(f"demo backbone weights in {assets} lack {sorted(missing)[:3]}: {REBUILD}")
         codec = Codec.load(assets)
-        if codec.vocab_size != tok.n_speech:
+        if (codec.codebook_size, codec.n_codebooks) != (tok.codebook_size, tok.n_codebooks):
             raise BadInput(f"demo codec and LM in {assets} disagree (speech vocabulary): {REBUILD}")
         info = _read_json(assets / "build.json") if (assets / "build.json").exists() else {}
         model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
-        return cls(model, tok, codec, assets, info)
+        depth.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
+        return cls(model, depth, tok, codec, assets, info)
 
     def default_corpus(self) -> DemoCorpus | None:
         return self._corpus
+
+    def voices(self) -> dict:
+        """One prompt per corpus voice: its first training utterance without laughter or instruct, spoken at
+        an ordinary pace (150-200 wpm), 1.5-3.5 s long."""
+        from ttslens.audio.voices import VoicePrompt
+
+        if self._voices is None:
+            self._voices = {}
+            for it in self._corpus.items("train") if self._corpus else []:
+                t = it.truth
+                if t["voice"] in self._voices or t["laughter"] or t.get("spontaneous") or it.instruct:
+                    continue
+                if 150 <= t["rate_wpm"] <= 200 and 1.5 <= t["duration"] <= 3.5:
+                    self._voices[t["voice"]] = VoicePrompt(it.text, it.tokens, t["voice"])
+        return dict(sorted(self._voices.items()))
 
     # ---- the model-specific pieces ----------------------------------------------------------------
     def sequence(self, text: str, instruct: str | None = None, prompt=None) -> TTSSequence:
@@ -157,10 +187,11 @@ class DemoBackbone(TTSBackbone):
         return seq
 
     def speech_ids(self, tokens_TC: torch.Tensor, start: int = 0) -> torch.Tensor:
-        return tokens_TC + self.tok.speech_offset
+        offsets = self.tok.speech_offset + torch.arange(self.n_codebooks, device=tokens_TC.device) * self.codebook_size
+        return tokens_TC + offsets
 
     def embed(self, ids_BTC: torch.Tensor, modality_BT: torch.Tensor) -> torch.Tensor:
-        return self.model.model.embed_tokens(ids_BTC[..., 0])
+        return embed_frames(self.model, ids_BTC, modality_BT == SPEECH)
 
     def forward(self, embeds_BTD, attention_mask_BT, position_ids_BT, cache=None):
         out = self.model.model(
@@ -173,19 +204,45 @@ class DemoBackbone(TTSBackbone):
         return out.last_hidden_state, out.cache
 
     def speech_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Codebook 0's codes and the stop (last column)."""
         if self._head is None:
-            self._head = speech_head(self.model, self.tok.speech_offset, self.tok.eos).detach()
+            self._head = speech_head(self.model, self.tok.speech_offset, self.tok.eos, self.codebook_size).detach()
         return hidden.to(self._head.dtype) @ self._head.T
+
+    @torch.no_grad()
+    def sample_frame(self, state: DecodeState) -> torch.Tensor:
+        """Codebook 0 (or the stop) from the LM head, then codebooks 1..C-1 one by one from the depth head,
+        each with the one sampler."""
+        codes = super().sample_frame(state)[:, 0]  # the base sampler: stop masked before min_tokens
+        z = state.hidden_BD.to(self.depth.out.dtype)
+        out = [codes]
+        for c in range(1, self.n_codebooks):
+            z = self.depth.add(z, out[-1].clamp_max(self.codebook_size - 1).to(z.device), c - 1)
+            out.append(sample(self.depth.step(z, c).float(), state.gens, state.temperature, state.top_k, state.top_p))
+        return torch.stack([o.to(codes.device) for o in out], dim=-1)
+
+    @torch.no_grad()
+    def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
+        """(summed NLL, count) over every code of every frame and the stop, teacher-forced."""
+        total, count = super().speech_nll(tf, tokens_TC)
+        n = tokens_TC.shape[0]
+        if tf.final is None or n == 0 or self.n_codebooks == 1:
+            return total, count
+        h = tf.final[-n - 1 : -1].to(device=self.device, dtype=self.depth.out.dtype)
+        t = tokens_TC.to(self.device)
+        lg = self.depth.logits(h, t).float()
+        ce = torch.nn.functional.cross_entropy
+        nll = ce(lg.reshape(-1, self.codebook_size), t[:, 1:].reshape(-1), reduction="sum")
+        return total + float(nll), count + n * (self.n_codebooks - 1)
 
     def layers(self):
         return self.model.model.layers
 
     def decode(self, tokens) -> np.ndarray:
-        t = torch.as_tensor(tokens).cpu()
-        return self.codec.decode((t[:, 0] if t.ndim == 2 else t).numpy())
+        return self.codec.decode(self.as_tokens(tokens).numpy())
 
     def encode_audio(self, wave: np.ndarray, sr: int) -> torch.Tensor:
-        """The demo codec's tokens [T, 1] of a waveform (resampled to the codec's rate when needed)."""
+        """The demo codec's tokens [T, C] of a waveform (resampled to the codec's rate when needed)."""
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim == 2:
             wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
@@ -193,7 +250,7 @@ class DemoBackbone(TTSBackbone):
             import librosa
 
             wave = librosa.resample(wave, orig_sr=sr, target_sr=self.sample_rate)
-        return torch.as_tensor(self.codec.encode(wave), dtype=torch.long)[:, None]
+        return torch.as_tensor(self.codec.encode(wave), dtype=torch.long)
 
     def token_text(self, ids: torch.Tensor) -> list[str]:
         off, vocab = self.tok.speech_offset, self.tok.text_vocab

@@ -1,4 +1,4 @@
-"""`ttslens demo build`: corpus (espeak-ng) → codec → laughter detector → demo LM → assets.
+"""`ttslens demo build`: corpus (espeak-ng) → codec → laughter detector → gender classifier → demo LM → assets.
 
 Every stage caches its result under `--workdir`, so an interrupted build continues where it stopped;
 the assets directory is replaced only at the end, in one rename, so a failed build never leaves a
@@ -20,7 +20,16 @@ import torch
 from safetensors.torch import save_file
 
 from ttslens.audio.backbones.demo.backbone import ASSETS
-from ttslens.audio.backbones.demo.lm import DemoLMConfig, Example, build_lm, heldout_loss, train_lm
+from ttslens.audio.backbones.demo.lm import (
+    DemoLMConfig,
+    DepthHead,
+    Example,
+    build_lm,
+    heldout_loss,
+    lm_state,
+    load_lm_state,
+    train_lm,
+)
 from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer
 from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json
@@ -65,19 +74,46 @@ class DemoBuildConfig:
 def _codec_config(cfg: DemoBuildConfig):
     from ttslens.audio.backbones.demo.codec import CodecConfig
 
-    return CodecConfig(seed=cfg.seed, n_env=16) if cfg.small else CodecConfig(seed=cfg.seed)
+    if cfg.small:
+        return CodecConfig(seed=cfg.seed, stages=2, codebook_size=32, kmeans_iters=8, griffin_lim_iters=8)
+    return CodecConfig(seed=cfg.seed)
+
+
+def _example(tok: DemoTokenizer, instruct: str | None, texts: list[str], speech: list) -> Example:
+    """`<sos> [instruct <endofprompt>] text… <task> speech…`: several (text, speech) parts are joined as a voice
+    prompt and its continuation are (texts with a space, speech back to back)."""
+    ids = [tok.sos]
+    if instruct:
+        ids += [*tok.encode_text(instruct), tok.eop]
+    lo = len(ids)
+    for i, text in enumerate(texts):
+        ids += ([tok.index[" "]] if i else []) + tok.encode_text(text)
+    hi = len(ids)
+    ids.append(tok.task)
+    frames = torch.cat([torch.as_tensor(t, dtype=torch.long) for t in speech])
+    return Example(torch.tensor(ids, dtype=torch.long), frames, (lo, hi))
 
 
 def _examples(tok: DemoTokenizer, utts, tokens) -> list[Example]:
+    return [_example(tok, u.instruct, [u.text], [t]) for u, t in zip(utts, tokens, strict=True)]
+
+
+def _pairs(tok: DemoTokenizer, utts, tokens, share: float, max_positions: int, seed: int) -> list[Example]:
+    """`share` x len(utts) extra examples: a plain utterance (the prompt) followed by another utterance of the
+    same voice, as `sequence(text, prompt=...)` lays them out."""
+    rng = np.random.default_rng(seed)
+    by_voice: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_voice.setdefault(u.voice, []).append(i)
+    plain = [i for i, u in enumerate(utts) if not u.instruct and not u.laughter and not u.spontaneous]
     out = []
-    for u, t in zip(utts, tokens, strict=True):
-        ids = [tok.sos]
-        if u.instruct:
-            ids += [*tok.encode_text(u.instruct), tok.eop]
-        ids += tok.encode_text(u.text)
-        first = len(ids)
-        ids += [tok.task, *(np.asarray(t) + tok.speech_offset).tolist(), tok.eos]
-        out.append(Example(torch.tensor(ids, dtype=torch.long), first))
+    for i in rng.permutation(plain)[: int(share * len(utts))].tolist():
+        j = int(rng.choice(by_voice[utts[i].voice]))
+        if j == i or utts[j].instruct:
+            continue
+        e = _example(tok, None, [utts[i].text, utts[j].text], [tokens[i], tokens[j]])
+        if len(e.prefix) + len(e.speech) + 1 <= max_positions:
+            out.append(e)
     return out
 
 
@@ -106,6 +142,7 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     from ttslens.audio.backbones.demo.corpus_gen import build_corpus
     from ttslens.audio.backbones.demo.espeak import require_espeak
     from ttslens.audio.backbones.demo.laughter import LaughterDetector, fit_laughter_detector
+    from ttslens.audio.measures.timbre import TimbreGender, fit_timbre_gender
 
     require_espeak()
     work = Path(cfg.workdir)
@@ -157,7 +194,11 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
         tokens = [torch.from_numpy(codec.encode(wave(u))) for u in tqdm(utts, desc="encode", disable=not progress)]
         with atomic_path(tok_path) as tmp:
             save_file(_flat(tokens), str(tmp))
-    metrics["codec"] = {"vocab_size": codec.vocab_size, "frame_rate": codec.config.frame_rate}
+    metrics["codec"] = {
+        "codebooks": codec.n_codebooks,
+        "codebook_size": codec.codebook_size,
+        "frame_rate": codec.config.frame_rate,
+    }
     metrics["codec_seconds"] = round(time.perf_counter() - t, 1)
 
     # 3. laughter detector, fitted on codec-decoded audio (what generated speech sounds like) ----
@@ -182,28 +223,51 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     metrics["laughter_detector"] = report
     metrics["laughter_seconds"] = round(time.perf_counter() - t, 1)
 
+    # 3b. gender from timbre (no pitch), fitted on codec-decoded audio of every voice, checked on held-out voices
+    t = _stage("gender classifier (timbre)", progress)
+    gender_dir = work / "gender"
+    if (gender_dir / "gender.json").exists():
+        gender = TimbreGender.load(gender_dir)
+    else:
+        per_voice: dict[str, list[int]] = {}
+        for i in range(n_train):
+            if not utts[i].laughter and len(per_voice.setdefault(utts[i].voice, [])) < 40:
+                per_voice[utts[i].voice].append(i)
+        pick = sorted(i for ids in per_voice.values() for i in ids)
+        gender, _ = fit_timbre_gender(
+            [codec.decode(tokens[i].numpy()) for i in pick],
+            [utts[i].gender for i in pick],
+            [utts[i].voice for i in pick],
+            seed=cfg.seed,
+        )
+        gender.save(gender_dir)
+    metrics["gender_classifier"] = gender.report
+    metrics["gender_seconds"] = round(time.perf_counter() - t, 1)
+
     # 4. the LM -------------------------------------------------------------------------------------
     t = _stage(f"demo LM: {cfg.lm.steps} steps", progress)
-    tok = DemoTokenizer(codec.vocab_size)
+    tok = DemoTokenizer(codec.codebook_size, codec.n_codebooks)
     examples = _examples(tok, utts, tokens)
-    too_long = max(len(e.ids) for e in examples)
+    too_long = max(len(e.prefix) + len(e.speech) + 1 for e in examples)
     if too_long > cfg.lm.max_positions:
         raise BadInput(f"an utterance needs {too_long} positions > --max-positions {cfg.lm.max_positions}")
     model = build_lm(tok.vocab_size, cfg.lm, tok.pad, seed=cfg.seed)
+    depth = DepthHead(cfg.lm.d_model, codec.n_codebooks, codec.codebook_size)
     lm_dir = work / ("lm-" + hashlib.sha1(json.dumps(asdict(cfg.lm), sort_keys=True).encode()).hexdigest()[:10])
     if (lm_dir / "lm.safetensors").exists():
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(lm_dir / "lm.safetensors")))
+        load_lm_state(model, depth, load_file(str(lm_dir / "lm.safetensors")))
         history = json.loads((lm_dir / "history.json").read_text())
     else:
         history = [
             h._asdict()
             for h in train_lm(
                 model,
-                examples[:n_train],
+                depth,
+                examples[:n_train]
+                + _pairs(tok, utts[:n_train], tokens[:n_train], cfg.lm.pairs, cfg.lm.max_positions, cfg.seed),
                 cfg.lm,
-                codec.vocab_size,
                 tok.speech_offset,
                 tok.pad,
                 tok.eos,
@@ -213,14 +277,14 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
         ]
         lm_dir.mkdir(exist_ok=True)
         with atomic_path(lm_dir / "lm.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            save_file(lm_state(model, depth), str(tmp))
         atomic_write_json(lm_dir / "history.json", history)
-    args = (codec.vocab_size, tok.speech_offset, tok.pad, tok.eos)
+    args = (tok.speech_offset, tok.pad, tok.eos)
     metrics["lm"] = {
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in [*model.parameters(), *depth.parameters()]),
         "final_train_loss": round(history[-1]["loss"], 4) if history else None,
         "tokens_per_s": round(history[-1]["tokens_per_s"]) if history else None,
-        "heldout_loss": round(heldout_loss(model, examples[n_train:], *args), 4),
+        "heldout_loss": round(heldout_loss(model, depth, examples[n_train:], *args), 4),
         "seconds": round(time.perf_counter() - t, 1),
     }
 
@@ -237,10 +301,11 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "lm.json").write_text(model.config.to_json_string())
-    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(tmp / "lm.safetensors"))
+    save_file({k: v.half() for k, v in lm_state(model, depth).items()}, str(tmp / "lm.safetensors"))
     (tmp / "tokenizer.json").write_text(json.dumps(tok.to_dict()))
     codec.save(tmp)
     detector.save(tmp)
+    gender.save(tmp)
     save_file(_flat(tokens), str(tmp / "corpus.safetensors"))
     with open(tmp / "corpus.jsonl", "w") as f:
         for i, u in enumerate(utts):

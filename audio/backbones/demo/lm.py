@@ -1,14 +1,22 @@
-"""The demo TTS LM: a small Qwen2 decoder over [specials | characters | speech tokens], trained with
-cross-entropy on the speech positions (and the final <eos>), as CosyVoice3's LM is."""
+"""The demo TTS LM: a small Qwen2 decoder over [specials | characters | speech codes], trained with
+cross-entropy on the speech frames (and the final <eos>), as CosyVoice3's LM is.
+
+A speech frame is C codec codes (see codec.py); its input embedding is the sum of its C code embeddings
+(as CSM's), codebook c's ids sitting at `speech_offset + c * K + code`. Codebook 0 (and the stop, <eos>) is
+read off the decoder's last hidden state by the LM head; codebooks 1..C-1 by a small depth head that adds
+the embeddings of the codes already chosen in this frame (`DepthHead`), so each code is conditioned on the
+coarser ones, as CSM's depth decoder does.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 
@@ -27,17 +35,28 @@ class DemoLMConfig:
     d_ff: int = 768
     """MLP width."""
     max_positions: int = 768
-    """Context length (prefix + speech)."""
+    """Context length (prefix + speech frames)."""
     steps: int = 1200
     """Optimiser steps."""
     batch_tokens: int = 4096
-    """Tokens per step (sequences are bucketed by length and padded)."""
+    """Positions per step (sequences are bucketed by length and padded)."""
     lr: float = 2e-3
     """Peak AdamW learning rate (warm-up, then cosine to 10%)."""
     warmup: int = 60
     """Warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    guided_attention: float = 1.0
+    """Weight of the guided-attention loss (as DC-TTS): in head 0 of each `guided_layers` layer, a speech
+    frame's attention over the text is pulled towards the diagonal (frame t of T near character n of N when
+    n/N ~ t/T), so the LM learns which character it is saying early in training; 0 = off."""
+    guided_layers: list[int] = field(default_factory=lambda: [1, 2])
+    """Layers whose head 0 the guided-attention loss shapes."""
+    guided_width: float = 0.2
+    """Width g of the diagonal band: a weight 1 - exp(-(n/N - t/T)^2 / 2g^2) on attention off the diagonal."""
+    pairs: float = 0.25
+    """Share of extra training examples that are two utterances of one voice in a row (text 1 + text 2, speech
+    1 + speech 2): what a voice prompt looks like at inference (CosyVoice3's prompt continuation)."""
 
 
 def build_lm(vocab_size: int, cfg: DemoLMConfig, pad_id: int = 0, seed: int = 0):
@@ -62,26 +81,89 @@ def build_lm(vocab_size: int, cfg: DemoLMConfig, pad_id: int = 0, seed: int = 0)
     return Qwen2ForCausalLM(config)
 
 
-def speech_head(model, speech_offset: int, eos_id: int) -> torch.Tensor:
-    """Rows of the output layer for the speech tokens, then <eos> (the "stop" column)."""
+class DepthHead(nn.Module):
+    """Codebooks 1..C-1 of a frame from the frame's hidden state and its earlier codes:
+    z_c = h + sum_{j<c} E_j[code_j];  u_c = z_c + MLP(norm(z_c));  logits_c = W_c norm(u_c)."""
+
+    def __init__(self, d_model: int, n_codebooks: int, codebook_size: int) -> None:
+        super().__init__()
+        self.C, self.K = n_codebooks, codebook_size
+        self.embed = nn.Embedding(max(n_codebooks - 1, 1) * codebook_size, d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.SiLU(), nn.Linear(2 * d_model, d_model))
+        self.out = nn.Parameter(torch.zeros(max(n_codebooks - 1, 1), codebook_size, d_model))
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.out, std=0.02)
+
+    def logits(self, h_ND: torch.Tensor, codes_NC: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [N, C-1, K] of codebooks 1..C-1 given the frame's codes [N, C]."""
+        prev = self.embed(codes_NC[:, :-1] + torch.arange(self.C - 1, device=codes_NC.device) * self.K)
+        z = h_ND[:, None, :] + prev.cumsum(1)  # [N, C-1, d]
+        return torch.einsum("ncd,ckd->nck", self._u(z), self.out)
+
+    def step(self, h_ND: torch.Tensor, c: int) -> torch.Tensor:
+        """Logits [N, K] of codebook c >= 1 from h_ND = h + sum_{j<c} E_j[code_j]."""
+        return self._u(h_ND) @ self.out[c - 1].T
+
+    def add(self, h_ND: torch.Tensor, code_N: torch.Tensor, c: int) -> torch.Tensor:
+        """h_ND + E_c[code]: the running sum after choosing codebook c's code."""
+        return h_ND + self.embed(code_N + c * self.K)
+
+    def _u(self, z: torch.Tensor) -> torch.Tensor:
+        norm = nn.functional.rms_norm
+        u = z + self.mlp(norm(z, (z.shape[-1],)))
+        return norm(u, (u.shape[-1],))
+
+
+def speech_head(model, speech_offset: int, eos_id: int, codebook_size: int) -> torch.Tensor:
+    """Rows of the output layer for codebook 0's codes, then <eos> (the "stop" column)."""
     w = model.lm_head.weight
-    return torch.cat([w[speech_offset:], w[eos_id : eos_id + 1]])
+    return torch.cat([w[speech_offset : speech_offset + codebook_size], w[eos_id : eos_id + 1]])
+
+
+def embed_frames(model, ids_BTC: torch.Tensor, speech_BT: torch.Tensor) -> torch.Tensor:
+    """Input embeddings: a text/special position embeds column 0; a speech position the sum of its C ids."""
+    emb = model.model.embed_tokens
+    speech = emb(ids_BTC).sum(-2)
+    return torch.where(speech_BT[..., None], speech, emb(ids_BTC[..., 0]))
+
+
+def lm_state(model, depth: DepthHead) -> dict[str, torch.Tensor]:
+    """One state dict for the decoder and its depth head ("depth." keys)."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return state | {f"depth.{k}": v.contiguous() for k, v in depth.state_dict().items()}
+
+
+def load_lm_state(model, depth: DepthHead, state: dict[str, torch.Tensor]) -> None:
+    depth.load_state_dict({k[6:]: v.float() for k, v in state.items() if k.startswith("depth.")})
+    model.load_state_dict({k: v.float() for k, v in state.items() if not k.startswith("depth.")})
 
 
 class Example(NamedTuple):
-    ids: torch.Tensor  # [N] the whole sequence, ending with <eos>
-    first_target: int  # position whose next token is the first speech token (the <task> position)
+    prefix: torch.Tensor  # [P] ids, ending with <task>
+    speech: torch.Tensor  # [T, C] codec codes
+    text: tuple[int, int]  # prefix positions [lo, hi) of the text being spoken (after any instruct)
+
+
+class Batch(NamedTuple):
+    ids: torch.Tensor  # [B, L, C] (speech ids offset per codebook; text in column 0, zeros elsewhere)
+    attn: torch.Tensor  # [B, L]
+    speech: torch.Tensor  # [B, L] bool: speech positions (their embedding sums the C columns)
+    tmask: torch.Tensor  # [B, L] bool: positions whose next frame (or the stop) is a target
+    targets: torch.Tensor  # [n, C] next frame's codes; row of a stop: [K, -100, ...]
+    diag: torch.Tensor  # [B, L] where a position sits on the alignment diagonal: t/T for speech, n/N for text
+    text: torch.Tensor  # [B, L] bool: the spoken text's positions
 
 
 def _batches(examples: list[Example], batch_tokens: int, gen: torch.Generator) -> list[list[int]]:
     """Length-bucketed batches of example indices, in a random order."""
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].ids), i))
+    n = [len(e.prefix) + len(e.speech) + 1 for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: (n[i], i))
     batches, cur, longest = [], [], 0
     for i in order:
-        longest = max(longest, len(examples[i].ids))
+        longest = max(longest, n[i])
         if cur and longest * (len(cur) + 1) > batch_tokens:
             batches.append(cur)
-            cur, longest = [], len(examples[i].ids)
+            cur, longest = [], n[i]
         cur.append(i)
     if cur:
         batches.append(cur)
@@ -89,19 +171,87 @@ def _batches(examples: list[Example], batch_tokens: int, gen: torch.Generator) -
     return [batches[p] for p in perm]
 
 
-def collate(examples: list[Example], n_speech: int, speech_offset: int, pad_id: int, eos_id: int):
-    """Padded ids [B, T], attention mask [B, T], target positions mask [B, T], targets [n]."""
-    T = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), T), dtype=torch.long)
-    tmask = torch.zeros((len(examples), T), dtype=torch.bool)
+def collate(examples: list[Example], codebook_size: int, speech_offset: int, pad_id: int, eos_id: int) -> Batch:
+    """Right-padded batch of [prefix, speech frames, <eos>] sequences with next-frame targets."""
+    C, K = examples[0].speech.shape[1], codebook_size
+    L = max(len(e.prefix) + len(e.speech) + 1 for e in examples)
+    ids = torch.zeros((len(examples), L, C), dtype=torch.long)
+    ids[..., 0] = pad_id
+    attn = torch.zeros((len(examples), L), dtype=torch.long)
+    speech = torch.zeros((len(examples), L), dtype=torch.bool)
+    tmask = torch.zeros((len(examples), L), dtype=torch.bool)
+    text = torch.zeros((len(examples), L), dtype=torch.bool)
+    diag = torch.zeros((len(examples), L))
+    targets = []
+    offsets = speech_offset + torch.arange(C) * K
     for b, e in enumerate(examples):
-        n = len(e.ids)
-        ids[b, :n], attn[b, :n] = e.ids, 1
-        tmask[b, e.first_target : n - 1] = True
-    nxt = torch.roll(ids, -1, dims=1)[tmask]
-    targets = torch.where(nxt == eos_id, n_speech, nxt - speech_offset)
-    return ids, attn, tmask, targets
+        P, T = len(e.prefix), len(e.speech)
+        ids[b, :P, 0] = e.prefix
+        ids[b, P : P + T] = e.speech + offsets
+        ids[b, P + T, 0] = eos_id
+        attn[b, : P + T + 1] = 1
+        speech[b, P : P + T] = True
+        lo, hi = e.text
+        text[b, lo:hi] = True
+        diag[b, lo:hi] = (torch.arange(hi - lo) + 0.5) / max(hi - lo, 1)
+        diag[b, P : P + T] = (torch.arange(T) + 0.5) / max(T, 1)
+        tmask[b, P - 1 : P + T] = True  # <task> predicts frame 0, ..., the last frame predicts the stop
+        stop = torch.full((1, C), -100, dtype=torch.long)
+        stop[0, 0] = K
+        targets.append(torch.cat([e.speech, stop]))
+    return Batch(ids, attn, speech, tmask, torch.cat(targets), diag, text)
+
+
+def guided_attention_loss(attentions, batch: Batch, layers: tuple[int, ...], width: float) -> torch.Tensor:
+    """Mean over speech frames and guided heads of the off-diagonal share of the frame's attention over the
+    spoken text (renormalised over the text), plus 0.1 x -log of the attention mass the head puts on the text."""
+    q, k = batch.speech, batch.text
+    off = 1 - torch.exp(-((batch.diag[:, None, :] - batch.diag[:, :, None]) ** 2) / (2 * width**2))  # [B, Lq, Lk]
+    total = torch.zeros(())
+    for layer in layers:
+        a = attentions[layer][:, 0] * k[:, None, :]  # head 0, keys on the text only
+        mass = a.sum(-1)
+        share = (a * off).sum(-1) / (mass + 1e-6)
+        total = total + share[q].mean() - 0.1 * torch.log(mass[q] + 1e-6).mean()
+    return total / max(len(layers), 1)
+
+
+def frame_loss(
+    model,
+    depth: DepthHead,
+    batch: Batch,
+    speech_offset: int,
+    eos_id: int,
+    reduction: str = "mean",
+    guided: tuple[float, tuple[int, ...], float] | None = None,
+):
+    """Cross-entropy of the next frames: codebook 0 + stop by the LM head, codebooks 1.. by the depth head;
+    "mean" averages over codebooks and targets, "sum" returns (summed NLL, count of targets). `guided` =
+    (weight, layers, width) adds the guided-attention loss (training only; "mean" returns (total, CE))."""
+    K = depth.K
+    h = model.model(
+        inputs_embeds=embed_frames(model, batch.ids, batch.speech),
+        attention_mask=batch.attn,
+        output_attentions=guided is not None,
+    )
+    h_ND = h.last_hidden_state[batch.tmask]
+    t = batch.targets
+    ce = nn.functional.cross_entropy
+    lg0 = h_ND @ speech_head(model, speech_offset, eos_id, K).T
+    nll0 = ce(lg0, t[:, 0], reduction="sum")
+    voiced = t[:, 1] != -100 if t.shape[1] > 1 else torch.zeros(len(t), dtype=torch.bool)
+    nll_rest = torch.zeros((), device=h_ND.device)
+    if voiced.any():
+        lg = depth.logits(h_ND[voiced], t[voiced])  # [n, C-1, K]
+        nll_rest = ce(lg.reshape(-1, K), t[voiced, 1:].reshape(-1), reduction="sum")
+    count = len(t) + int(voiced.sum()) * (t.shape[1] - 1)
+    if reduction == "sum":
+        return nll0 + nll_rest, count
+    ce = (nll0 + nll_rest) / count
+    if guided is None:
+        return ce
+    weight, layers, width = guided
+    return ce + weight * guided_attention_loss(h.attentions, batch, layers, width), ce
 
 
 class TrainLog(NamedTuple):
@@ -112,9 +262,9 @@ class TrainLog(NamedTuple):
 
 def train_lm(
     model,
+    depth: DepthHead,
     examples: list[Example],
     cfg: DemoLMConfig,
-    n_speech: int,
     speech_offset: int,
     pad_id: int,
     eos_id: int,
@@ -124,8 +274,9 @@ def train_lm(
 ) -> list[TrainLog]:
     """AdamW, warm-up + cosine, grad clip 1; epochs of shuffled length buckets until `cfg.steps`."""
     gen = torch.Generator().manual_seed(seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    params = [*model.named_parameters(), *(("depth." + n, p) for n, p in depth.named_parameters())]
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -139,26 +290,27 @@ def train_lm(
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
     model.train()
+    depth.train()
     history: list[TrainLog] = []
     bar = tqdm(total=cfg.steps, desc="demo LM", unit="step", disable=not progress)
     step, queue, t0, seen, ema = 0, [], time.perf_counter(), 0, None
     while step < cfg.steps:
         if not queue:
             queue = _batches(examples, cfg.batch_tokens, gen)
-        batch = [examples[i] for i in queue.pop()]
-        ids, attn, tmask, targets = collate(batch, n_speech, speech_offset, pad_id, eos_id)
+        batch = collate([examples[i] for i in queue.pop()], depth.K, speech_offset, pad_id, eos_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        h = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
-        logits = h[tmask] @ speech_head(model, speech_offset, eos_id).T
-        loss = torch.nn.functional.cross_entropy(logits, targets)
+        layers = tuple(i for i in cfg.guided_layers if i < cfg.n_layers)
+        guided = (cfg.guided_attention, layers, cfg.guided_width) if cfg.guided_attention and layers else None
+        out = frame_loss(model, depth, batch, speech_offset, eos_id, guided=guided)
+        loss, ce = out if guided else (out, out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         step += 1
-        seen += int(attn.sum())
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        seen += int(batch.attn.sum())
+        ema = ce.item() if ema is None else 0.98 * ema + 0.02 * ce.item()
         if step % 20 == 0 or step == cfg.steps:
             rate = seen / (time.perf_counter() - t0)
             history.append(TrainLog(step, ema, rate))
@@ -168,18 +320,18 @@ def train_lm(
         bar.update(1)
     bar.close()
     model.eval()
+    depth.eval()
     return history
 
 
 @torch.no_grad()
-def heldout_loss(model, examples: list[Example], n_speech: int, speech_offset: int, pad_id: int, eos_id: int) -> float:
-    """Mean cross-entropy per speech target over `examples`."""
+def heldout_loss(model, depth: DepthHead, examples: list[Example], speech_offset: int, pad_id: int, eos_id: int):
+    """Mean cross-entropy per speech code (and stop) over `examples`."""
     model.eval()
+    depth.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), 16):
-        ids, attn, tmask, targets = collate(examples[i : i + 16], n_speech, speech_offset, pad_id, eos_id)
-        h = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
-        logits = h[tmask] @ speech_head(model, speech_offset, eos_id).T
-        total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-        count += targets.numel()
+        batch = collate(examples[i : i + 16], depth.K, speech_offset, pad_id, eos_id)
+        s, n = frame_loss(model, depth, batch, speech_offset, eos_id, reduction="sum")
+        total, count = total + float(s), count + n
     return total / max(count, 1)

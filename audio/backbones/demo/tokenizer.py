@@ -21,15 +21,17 @@ _TAG = re.compile(r"\[([^\[\]]*)\]")
 
 
 class DemoTokenizer:
-    """Character tokenizer + speech-token offset (`n_speech` ids after the text vocabulary)."""
+    """Character tokenizer + speech ids after the text vocabulary: codebook c's code k is
+    `speech_offset + c * codebook_size + k`."""
 
-    def __init__(self, n_speech: int) -> None:
-        self.n_speech = n_speech
+    def __init__(self, codebook_size: int, n_codebooks: int = 1) -> None:
+        self.codebook_size, self.n_codebooks = codebook_size, n_codebooks
+        self.n_speech = codebook_size * n_codebooks
         self.text_vocab = [*SPECIALS, *TAGS, *CHARS]
         self.index = {t: i for i, t in enumerate(self.text_vocab)}
         self.pad, self.sos, self.eop, self.task, self.eos = (self.index[s] for s in SPECIALS)
         self.speech_offset = len(self.text_vocab)
-        self.vocab_size = self.speech_offset + n_speech
+        self.vocab_size = self.speech_offset + self.n_speech
 
     def normalize(self, text: str) -> str:
         text = unicodedata.normalize("NFKD", text)
@@ -69,11 +71,13 @@ class DemoTokenizer:
         return "".join(self.text_vocab[i] for i in ids if i < self.speech_offset and i >= len(SPECIALS))
 
     def to_dict(self) -> dict:
-        return {"n_speech": self.n_speech, "text_vocab": self.text_vocab}
+        return {"codebook_size": self.codebook_size, "n_codebooks": self.n_codebooks, "text_vocab": self.text_vocab}
 
     @classmethod
     def from_dict(cls, d: dict) -> DemoTokenizer:
-        tok = cls(int(d["n_speech"]))
+        if "codebook_size" not in d:
+            raise BadInput("the tokenizer file is from an older demo backbone: rebuild with `ttslens demo build`")
+        tok = cls(int(d["codebook_size"]), int(d["n_codebooks"]))
         if d.get("text_vocab") != tok.text_vocab:
             raise BadInput("the tokenizer file does not match this ttslens: rebuild with `ttslens demo build`")
         return tok
