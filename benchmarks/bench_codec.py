@@ -138,7 +138,8 @@ class MelKMeansGriffinLim:
 
     def fit(self, waves: list[np.ndarray]) -> MelKMeansGriffinLim:
         frames = np.concatenate([self._logmel(w) for w in waves])
-        self.centroids = _kmeans(frames, self.n_clusters, 60, np.random.default_rng(self.seed))
+        gen = torch.Generator().manual_seed(self.seed)
+        self.centroids = _kmeans(torch.from_numpy(frames).float(), self.n_clusters, 60, gen).numpy()
         return self
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
@@ -276,14 +277,21 @@ def main(argv: list[str] | None = None) -> int:
         codec.decode(codec.encode(test[0][1][:SR]))
     results = {
         "corpus": {"fit_seconds": fit_seconds, "test_seconds": test_seconds, "test_utterances": len(test)},
-        "codec": {"config": asdict(ours.config), "vocab_size": ours.vocab_size, "fit_s": fit_s, "saved_bytes": size},
+        "codec": {
+            "config": asdict(ours.config),
+            "codes_per_frame": ours.n_codebooks,
+            "codebook_size": ours.codebook_size,
+            "fit_s": fit_s,
+            "saved_bytes": size,
+        },
         "ours": evaluate("ours", ours, test, args.out_wavs),
         "baseline_melkmeans512_griffinlim": evaluate("baseline", baseline, test, args.out_wavs),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
-    print(f"codec: vocab {ours.vocab_size}, saved {size / 1024:.0f} KiB, fitted in {fit_s:.1f} s -> {args.out}")
+    shape = f"{ours.n_codebooks} x {ours.codebook_size} codes per frame"
+    print(f"codec: {shape}, saved {size / 1024:.0f} KiB, fitted in {fit_s:.1f} s -> {args.out}")
     return 0
 
 

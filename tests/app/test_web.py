@@ -71,7 +71,8 @@ def test_synthesize_default_and_steered(studio, steer_sae):
     assert s.steered.any() and bool((s.steered == (s.sequence.modality == 1)).all())  # scope: speech
     assert len(d.wave) != len(s.wave) or not np.array_equal(d.wave, s.wave)  # the edit changed the audio
     assert [m["measure"] for m in r["measures"]] == [
-        "duration (s)", "voiced (s)", "median F0 (Hz)", "P(male)", "syllables/s", "laughter"
+        "duration (s)", "voiced (s)", "median F0 (Hz)", "P(male) by pitch", "P(male) by timbre", "syllables/s",
+        "laughter",
     ]  # fmt: skip
     assert float(r["measures"][0]["default"]) == pytest.approx(len(d.wave) / d.sample_rate, rel=0.01)
     fig = activation_figure(s)
@@ -182,7 +183,7 @@ def test_dose_response(studio, monkeypatch):
     assert [row["alpha"] for row in r["rows"]] == [-2.0, 0.0, 2.0] and all(row["n"] == 2 for row in r["rows"])
     png = Path(r["png"])
     assert png.is_file() and png.is_relative_to(studio.work) and Path(r["csv"]).is_file()
-    assert len(seen) == 6 and seen[-1][0] == pytest.approx(1.0)
+    assert len(seen) == 6 + 2 and seen[-1][0] == pytest.approx(1.0)  # + the same-voice re-samples
     assert [f for f, _ in seen] == sorted(f for f, _ in seen)
     # the contract with steering.evaluate: a fresh dir under the work dir, no ASR, no tqdm bar
     import ttslens.audio.steering.evaluate as steer_eval

@@ -39,9 +39,9 @@ def test_ignores_a_pitch_shift_of_the_same_voice(fitted, name, pitch):
     wave = speak("my brother bought a new car last week.", replace(voice, pitch=pitch), 170)
     by_pitch, by_timbre = p_male(median_f0(wave)), model.p_male(wave, 16000)
     if voice.gender == "male":
-        assert by_pitch < 0.6 and by_timbre > 0.8
+        assert by_pitch < 0.6 and by_timbre > 0.7
     else:
-        assert by_pitch > 0.6 and by_timbre < 0.2
+        assert by_pitch > 0.6 and by_timbre < 0.3
 
 
 def test_files_measure_and_bad_input(fitted, tmp_path):

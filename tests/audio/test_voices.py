@@ -110,3 +110,24 @@ def test_cli_synthesize_with_a_voice_and_voices_listing(small_assets, small, tmp
     assert json.loads(capsys.readouterr().out)["voice"] == name and out.is_file()
     assert cli([*argv[:-4], "--voice", "nobody", "--asr", ""]) == 2
     assert "unknown voice 'nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["Hugo", "f3"])
+def test_the_shipped_demo_speaks_in_the_prompted_voice(name):
+    """A named voice reproduces that corpus voice: median F0 within a third of an octave of the voice's
+    (espeak-ng) F0 and the pitch-free classifier names its gender, over 3 seeds."""
+    from ttslens.audio import load_backbone
+    from ttslens.audio.backbones.demo.espeak import VOICE_BY_NAME
+    from ttslens.audio.measures import timbre_gender_for
+    from ttslens.audio.measures.signal import median_f0
+
+    bb = load_backbone("demo")
+    voice, timbre = VOICE_BY_NAME[name], timbre_gender_for(bb)
+    f0s, males = [], []
+    for seed in range(3):
+        g = bb.generate("we walked to the old station in the rain.", prompt=bb.voices()[name].as_prompt(), seed=seed)
+        wave = bb.decode(g.tokens)
+        f0s.append(median_f0(wave, bb.sample_rate))
+        males.append(timbre.p_male(wave, bb.sample_rate))
+    assert abs(np.log2(np.nanmedian(f0s) / voice.f0_hz)) < 1 / 3, (f0s, voice.f0_hz)
+    assert all((m > 0.5) == (voice.gender == "male") for m in males), males

@@ -18,7 +18,7 @@ import torch
 
 from ttslens.audio.backbones.base import DecodeState, TeacherForced, TTSBackbone, TTSSequence
 from ttslens.audio.backbones.demo.lm import DepthHead, embed_frames, load_lm_state, speech_head
-from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer
+from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer, unpack_codes
 from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
 from ttslens.audio.corpus import Corpus, CorpusItem
 from ttslens.sae.activations import SPECIAL, SPEECH, TEXT
@@ -76,7 +76,9 @@ class DemoCorpus(Corpus):
     def all_items(self) -> list[CorpusItem]:
         if self._items is None:  # read once
             flat = _read_tensors(self.assets / "corpus.safetensors")
-            tokens = torch.split(flat["tokens"].long(), flat["lengths"].tolist())
+            lengths, (bits, C) = flat["lengths"], flat["shape"].tolist()
+            codes = unpack_codes(flat["packed"].numpy(), bits, int(lengths.sum()) * C)
+            tokens = torch.split(torch.from_numpy(codes).reshape(-1, C), lengths.tolist())
             lines = (self.assets / "corpus.jsonl").read_text().splitlines()
             if len(lines) != len(tokens):
                 raise BadInput(f"demo corpus files in {self.assets} disagree (item counts): {REBUILD}")

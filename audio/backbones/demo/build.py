@@ -30,7 +30,7 @@ from ttslens.audio.backbones.demo.lm import (
     load_lm_state,
     train_lm,
 )
-from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer
+from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer, pack_codes
 from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json
 
@@ -306,7 +306,7 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     codec.save(tmp)
     detector.save(tmp)
     gender.save(tmp)
-    save_file(_flat(tokens), str(tmp / "corpus.safetensors"))
+    save_file(_packed(tokens, codec.codebook_size), str(tmp / "corpus.safetensors"))
     with open(tmp / "corpus.jsonl", "w") as f:
         for i, u in enumerate(utts):
             rec = json.loads(u.to_json()) | {"split": "train" if i < n_train else "heldout"}
@@ -323,6 +323,17 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     if progress:
         print(f"[demo build] wrote {out} in {metrics['build_seconds']:.0f} s", file=sys.stderr)
     return {"out": str(out), **metrics}
+
+
+def _packed(tokens: list[torch.Tensor], codebook_size: int) -> dict[str, torch.Tensor]:
+    """The shipped corpus: every code in ceil(log2 K) bits (9 for K = 512), utterance lengths, (bits, C)."""
+    bits = max(1, int(np.ceil(np.log2(codebook_size))))
+    flat = torch.cat(tokens).numpy()
+    return {
+        "packed": torch.from_numpy(pack_codes(flat, bits)),
+        "lengths": torch.tensor([len(t) for t in tokens], dtype=torch.int64),
+        "shape": torch.tensor([bits, flat.shape[1]], dtype=torch.int64),
+    }
 
 
 def _flat(tokens: list[torch.Tensor]) -> dict[str, torch.Tensor]:

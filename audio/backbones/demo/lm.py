@@ -36,7 +36,7 @@ class DemoLMConfig:
     """MLP width."""
     max_positions: int = 768
     """Context length (prefix + speech frames)."""
-    steps: int = 1200
+    steps: int = 1800
     """Optimiser steps."""
     batch_tokens: int = 4096
     """Positions per step (sequences are bucketed by length and padded)."""

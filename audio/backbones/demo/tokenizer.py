@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import numpy as np
+
 from ttslens.sae.errors import BadInput
 
 SPECIALS = ("<pad>", "<sos>", "<endofprompt>", "<task>", "<eos>")
@@ -81,3 +83,18 @@ class DemoTokenizer:
         if d.get("text_vocab") != tok.text_vocab:
             raise BadInput("the tokenizer file does not match this ttslens: rebuild with `ttslens demo build`")
         return tok
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Non-negative integer codes (< 2**bits, any shape) → a uint8 bit stream, `bits` bits per code."""
+    flat = np.asarray(codes, dtype=np.int64).reshape(-1)
+    if flat.size and (flat.min() < 0 or flat.max() >= 2**bits):
+        raise BadInput(f"codes must lie in 0..{2**bits - 1} to pack them in {bits} bits")
+    planes = (flat[:, None] >> np.arange(bits)) & 1
+    return np.packbits(planes.astype(np.uint8).reshape(-1))
+
+
+def unpack_codes(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """The first `n` codes of `pack_codes` output, as int64."""
+    planes = np.unpackbits(np.asarray(packed, dtype=np.uint8))[: n * bits].reshape(n, bits).astype(np.int64)
+    return (planes << np.arange(bits)).sum(1)
