@@ -80,7 +80,7 @@ def main() -> None:
     info = sae_info(args.sae)
     bb, sae = load_backbone(info["backbone"]), load_sae(args.sae)
     labelled = set(json.loads((Path(args.out) / "collect.json").read_text())["items"])
-    corpus = bb.corpus("all")
+    corpus = bb.default_corpus().items("all")
     truth_items = [it for i, it in enumerate(corpus) if i not in labelled][: args.truth_items]
     corr, n_pos = truth_correlations(bb, sae, info["layer"], truth_items)
 

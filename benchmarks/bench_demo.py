@@ -25,13 +25,15 @@ from tqdm import tqdm
 
 from ttslens.audio import load_backbone
 from ttslens.audio.backbones.demo.corpus_gen import LAUGH_TAG, instruct_text
+from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
 from ttslens.audio.measures.signal import measure
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def heldout_texts(bb, n: int, seed: int) -> list[str]:
-    items = bb.corpus("heldout") or bb.corpus("all")
+    corpus = bb.default_corpus()
+    items = corpus.items("heldout") or corpus.items("all")
     texts = [" ".join(w for w in it.text.split() if w != LAUGH_TAG) for it in items]
     texts = list(dict.fromkeys(t for t in texts if t))
     if len(texts) < n:
@@ -45,13 +47,13 @@ def with_tag(text: str, rng: np.random.Generator) -> str:
     return " ".join([*words[:i], LAUGH_TAG, *words[i:]])
 
 
-def run(bb, jobs: list[dict], seed: int, detector) -> list[dict]:
+def run(bb, jobs: list[dict], seed: int, detector, timbre=None) -> list[dict]:
     rows = []
     for k, job in enumerate(tqdm(jobs, desc="generate + measure")):
         t0 = time.perf_counter()
         wave, g = bb.synthesize(job["text"], instruct=job.get("instruct"), seed=seed + k)
         elapsed = time.perf_counter() - t0
-        m = measure(wave, bb.sample_rate, detector, fast=True)
+        m = measure(wave, bb.sample_rate, detector, fast=True, gender_model=timbre)
         rows.append(job | m._asdict() | {"seconds": elapsed, "stopped": g.stopped, "tokens": len(g.tokens)})
     return rows
 
@@ -66,8 +68,8 @@ def summarise(rows: list[dict], corpus_cv: float) -> dict:
     def sel(kind):
         return [r for r in rows if r["kind"] == kind]
 
-    def male(rs):
-        return float(np.mean([r["p_male"] >= 0.5 for r in rs if np.isfinite(r["p_male"])]))
+    def male(rs, key="p_male"):
+        return float(np.mean([r[key] >= 0.5 for r in rs if r.get(key) is not None and np.isfinite(r[key])]))
 
     plain, tagged = sel("plain"), sel("tagged")
     untagged = plain + sel("hint_male") + sel("hint_female")
@@ -81,6 +83,11 @@ def summarise(rows: list[dict], corpus_cv: float) -> dict:
         "unhinted_male_share": male(plain),
         "hinted_male_follow": male(sel("hint_male")),
         "hinted_female_follow": 1 - male(sel("hint_female")),
+        "by_timbre": {
+            "unhinted_male_share": male(plain, "p_male_timbre"),
+            "hinted_male_follow": male(sel("hint_male"), "p_male_timbre"),
+            "hinted_female_follow": 1 - male(sel("hint_female"), "p_male_timbre"),
+        },
         "duration_vs_text_chars_r": corr([len(r["text"]) for r in plain], [r["duration_s"] for r in plain]),
         "voiced_vs_text_chars_r": corr([len(r["text"]) for r in plain], [r["voiced_s"] for r in plain]),
         "seconds_per_char_cv_generated": float(np.std(per_char) / np.mean(per_char)),
@@ -133,7 +140,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bb = load_backbone(args.backbone)
-    det = bb.laughter_detector
+    det = laughter_detector_for(bb)
+    timbre = timbre_gender_for(bb)
     texts = heldout_texts(bb, args.texts, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     jobs = [{"kind": "plain", "text": t} for t in texts]
@@ -141,10 +149,10 @@ def main() -> None:
     half = len(texts) // 2
     jobs += [{"kind": "hint_male", "text": t, "instruct": instruct_text("male", None)} for t in texts[:half]]
     jobs += [{"kind": "hint_female", "text": t, "instruct": instruct_text("female", None)} for t in texts[half:]]
-    rows = run(bb, jobs, args.seed, det)
+    rows = run(bb, jobs, args.seed, det, timbre)
     for r in rows:
         r["threshold"] = det.threshold
-    corpus = [it.truth for it in bb.corpus("train") if not it.truth.get("laughter")]
+    corpus = [it.truth for it in bb.default_corpus().items("train") if not it.truth.get("laughter")]
     per_char = [c["duration"] / len(c["text"]) for c in corpus]
     summary = summarise(rows, float(np.std(per_char) / np.mean(per_char)))
     out = Path(args.out)
