@@ -4,9 +4,10 @@ Each token frame holds `mel_per_frame` log-mel frames (20 ms apart at the defaul
 each 25 Hz token into two mel frames). Each mel frame (`n_mels` bands, dB) is coded by a gain-shape
 residual vector quantiser: stage 0 is the frame's mean level (evenly spaced levels), then k-means codebooks
 of `codebook_size` centroids, each coding what the earlier stages left over.
-A token frame is therefore `[T, C]` codes, C = stages × mel_per_frame, ordered stage-major
-(column `s * mel_per_frame + m` is stage s of mel frame m): the coarse codes of the whole frame come first,
-which is the order the demo LM predicts them in.
+A token frame is therefore `[T, C]` codes, C = stages × mel_per_frame, ordered stage-major (column
+`k * mel_per_frame + m` is stage `stage_order[k]` of mel frame m; the first shape stage leads, then the
+gain, then the finer stages): the coarse codes of the whole frame come first, in the order the demo LM
+predicts them.
 
 The decoder sums the centroids back into a log-mel spectrogram, maps it to a linear magnitude spectrum with
 the mel filterbank's pseudo-inverse and runs Griffin-Lim (a fixed phase seed, so decoding is deterministic).
@@ -55,6 +56,9 @@ class CodecConfig:
     [floor_db, max_db]; the k-means stages then code the spectral shape."""
     max_db: float = 60.0
     """Top of the gain stage's range (dB of mel power)."""
+    coarse_first: bool = True
+    """Token columns put the first k-means (spectral shape) stage before the gain stage, so the code the LM
+    head predicts (column 0) is the one that carries the phonetic content, not the frame's loudness."""
     codebook_size: int = 512
     """Centroids per stage (the id range of every codebook)."""
     floor_db: float = -90.0
@@ -89,6 +93,14 @@ class CodecConfig:
     def n_codebooks(self) -> int:
         """Codes per token frame (C)."""
         return self.stages * self.mel_per_frame
+
+    @property
+    def stage_order(self) -> list[int]:
+        """The stage behind each group of `mel_per_frame` token columns."""
+        order = list(range(self.stages))
+        if self.gain and self.coarse_first and self.stages > 1:
+            order[0], order[1] = 1, 0
+        return order
 
 
 class Codec:
@@ -131,7 +143,7 @@ class Codec:
         n = self.n_frames(len(wave)) * c.mel_per_frame
         if n == 0:
             return np.zeros((0, c.n_mels), np.float32)
-        x = np.pad(wave, (0, n * c.mel_hop - len(wave)))
+        x = np.pad(wave, (0, max(n * c.mel_hop, c.n_fft) - len(wave)))  # at least one FFT window long
         spec = np.abs(librosa.stft(x, n_fft=c.n_fft, hop_length=c.mel_hop, center=True)) ** 2
         mel = self._melbank @ spec[:, :n]
         return (10 * np.log10(np.maximum(mel, 10 ** (c.floor_db / 10)))).T.astype(np.float32)
@@ -149,7 +161,7 @@ class Codec:
     def encode(self, wave: np.ndarray) -> np.ndarray:
         """Tokens [T, C] (int64) of a 16 kHz mono float wave; T = ceil(len / hop)."""
         c = self.config
-        codes = self.quantize(self.log_mel(wave))  # [T * M, stages]
+        codes = self.quantize(self.log_mel(wave))[:, c.stage_order]  # [T * M, stages], in column order
         T = len(codes) // c.mel_per_frame
         # [T, M, S] → [T, S, M] → [T, C] stage-major
         return codes.reshape(T, c.mel_per_frame, c.stages).transpose(0, 2, 1).reshape(T, c.n_codebooks)
@@ -174,7 +186,8 @@ class Codec:
         """[T * mel_per_frame, n_mels] dB log-mel that `tokens` stand for (the sum of their centroids)."""
         c = self.config
         t = self.check_tokens(tokens)
-        codes = t.reshape(len(t), c.stages, c.mel_per_frame).transpose(0, 2, 1).reshape(-1, c.stages)
+        codes = np.empty((len(t) * c.mel_per_frame, c.stages), np.int64)
+        codes[:, c.stage_order] = t.reshape(len(t), c.stages, c.mel_per_frame).transpose(0, 2, 1).reshape(-1, c.stages)
         return (
             sum(self.centroids[s][codes[:, s]] for s in range(c.stages)).astype(np.float32)
             if len(t)
