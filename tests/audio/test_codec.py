@@ -62,11 +62,14 @@ def test_tokens_gain_stage_and_mel(codec):
     assert tokens.min() >= 0 and tokens.max() < codec.codebook_size
     mel = codec.log_mel(wave)
     assert mel.shape == (len(tokens) * cfg.mel_per_frame, cfg.n_mels)
-    # stage 0 (columns 0..mel_per_frame-1) is the frame's level: loud in the vowel, at the floor in silence
+    # the gain stage is the frame's level: loud in the vowel, at the floor in silence; the first shape stage
+    # leads the columns (what the LM head predicts), the gain comes next
+    assert cfg.stage_order[:2] == [1, 0]
+    gain = cfg.stage_order.index(0) * cfg.mel_per_frame
     frame = np.arange(len(tokens)) * HOP / SR
     vowel = (frame > TONE[0] + 0.05) & (frame < TONE[1] - 0.1)
     silent = frame > TONE[1] + 0.35
-    assert tokens[vowel, 0].min() > tokens[silent, 0].max()
+    assert tokens[vowel, gain].min() > tokens[silent, gain].max()
     # the quantised mel is close to the analysed one (residual VQ: each stage helps)
     err = np.abs(codec.mel_of(tokens) - mel)[np.repeat(vowel, cfg.mel_per_frame)]
     assert np.median(err) < 6.0
