@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ttslens.app.render import fmt
 from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
+from ttslens.audio.voices import voice_names
 from ttslens.sae.devices import resolve_device
 from ttslens.sae.errors import BadInput
 from ttslens.sae.steering import PRESET_NAMES
@@ -100,7 +101,7 @@ class Studio:
         raise BadInput(f"no SAE loaded for layer {layer!r}: loaded layers are {[s.layer for s in self.tts.saes]}")
 
     def voice_names(self) -> list[str]:
-        return sorted(self.tts.bb.voices())
+        return voice_names(self.tts.bb)
 
     def has_presets(self, layer) -> bool:
         return bool(self.tts.saes) and self.tts.saved_presets(self._sae(layer)) is not None

@@ -163,8 +163,8 @@ class SteerableTTS(SAESteerer):
         edits = self.resolve(steer)
         prompt = named_voice(self.bb, voice) if isinstance(voice, str) and voice else voice or None
         prompt = prompt.as_prompt() if isinstance(prompt, VoicePrompt) else prompt
-        if window and prompt:  # the window counts from the start of the new speech, after the prompt's
-            lead = len(self.bb.as_tokens(prompt[1])) / self.bb.token_rate
+        lead = len(self.bb.as_tokens(prompt[1])) / self.bb.token_rate if prompt else 0.0
+        if window:  # the window counts from the start of the new speech, after the prompt's
             window = (window[0] + lead, window[1] + lead)
         ivs = self.interventions(edits, scope, replace, window)
         layers = [s.layer for s in self.saes] if record else []
@@ -190,7 +190,6 @@ class SteerableTTS(SAESteerer):
                 steered |= iv.mask(g.sequence)
             if window and ivs and not steered.any():
                 dur = len(g.tokens) / self.bb.token_rate
-                lead = len(self.bb.as_tokens(prompt[1])) / self.bb.token_rate if prompt else 0.0
                 span = f"{window[0] - lead:g}-{window[1] - lead:g} s"
                 note(f"nothing was steered: the window {span} lies outside the {dur:.2f} s utterance")
             acts = None

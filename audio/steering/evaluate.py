@@ -273,7 +273,8 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
                 progress((i + 1) / len(jobs), f"alpha {a:+g}: text {t + 1}/{len(texts)}, voice {v}")
     if bar is not None:
         bar.close()
-    return _summarise(cfg, tts, out, texts, alphas, seeds, done, feats, asr is not None, run_notes)
+    names = [voice_of[v] for v in seeds]
+    return _summarise(cfg, tts, out, texts, alphas, seeds, names, done, feats, asr is not None, run_notes)
 
 
 def ms_per_token(recs: list[dict]) -> float:
@@ -294,7 +295,9 @@ def _num(x) -> float | None:
     return None if x is None or x != x else round(float(x), 5)
 
 
-def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: bool, run_notes: list[str]) -> dict:
+def _summarise(
+    cfg, tts, out: Path, texts, alphas, seeds, names, done, feats, has_asr: bool, run_notes: list[str]
+) -> dict:
     # content: distance to the unsteered output of the same (text, voice), vs same-voice re-samples
     base = [
         dtw_distance(feats.get((0.0, t, v)), feats.get((0.0, t, v + RESAMPLE)))
@@ -351,10 +354,7 @@ def _summarise(cfg, tts, out: Path, texts, alphas, seeds, done, feats, has_asr: 
         "content_baseline_distance": _num(base_mean),
         "texts": texts,
         "voices": seeds,
-        "voice_names": [
-            tts.bb.voices() and sorted(tts.bb.voices())[(i * len(tts.bb.voices())) // len(seeds)] or None
-            for i in range(len(seeds))
-        ],
+        "voice_names": names,
         "rows": rows,
         "unsteered": next(r for r in rows if r["alpha"] == 0.0)["mean"],
         "ms_per_token": {"unsteered": _num(plain_ms), "steered": _num(steered_ms), "alpha": strongest},
