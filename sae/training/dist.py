@@ -74,6 +74,14 @@ def barrier() -> None:
         tdist.barrier()
 
 
+def teardown() -> None:
+    """End of a torchrun job: every rank done, then leave the process group (left to interpreter exit, gloo's
+    teardown has aborted a finished run with SIGABRT)."""
+    if tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def check_replicas(module: torch.nn.Module) -> None:
     """Fail loudly if data-parallel replicas drifted apart (they must hold identical weights)."""
     if not tdist.is_initialized():

@@ -43,6 +43,7 @@ from ttslens.sae.training.dist import (
     broadcast_tensor,
     check_replicas,
     setup,
+    teardown,
 )
 
 LOG = "train_log.jsonl"
@@ -298,7 +299,8 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         extra = {**info, "train": asdict(cfg), "activation_scale": scale, "metrics": metrics, **calibration}
         save_sae(result, out, extra)
         atomic_write_json(out / "metrics.json", metrics)
-    barrier()
+    del model  # the DDP reducer goes before the process group does
+    teardown()
     return TrainResult(out, result.eval(), metrics)
 
 
