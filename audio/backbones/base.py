@@ -26,7 +26,7 @@ the CPU from one generator per row (the same seed gives the same sample on any d
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -152,6 +152,7 @@ class DecodeState:
     cache: object = None  # the model's KV cache
     attn_BT: torch.Tensor | None = None  # attention mask over every position so far (0: padding, finished rows)
     pos_BT: torch.Tensor | None = None  # position ids of the last call
+    extra: dict = field(default_factory=dict)  # the backbone's own sampler state (set in its prefill)
 
 
 class TTSBackbone:

@@ -17,13 +17,24 @@ import numpy as np
 import torch
 
 from ttslens.audio.backbones.base import DecodeState, TeacherForced, TTSBackbone, TTSSequence
-from ttslens.audio.backbones.demo.lm import DepthHead, embed_frames, load_lm_state, speech_head
-from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer, unpack_codes
+from ttslens.audio.backbones.demo.lm import (
+    NEXT,
+    STAY,
+    STOP,
+    DepthHead,
+    allowed_decisions,
+    embed_frames,
+    load_lm_state,
+    speech_head,
+)
+from ttslens.audio.backbones.demo.phones import END, UNK, run_starts, text_phonemes
+from ttslens.audio.backbones.demo.tokenizer import PHONE_COLUMNS, DemoTokenizer, unpack_codes
 from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
 from ttslens.audio.corpus import Corpus, CorpusItem
 from ttslens.sae.activations import SPECIAL, SPEECH, TEXT
 from ttslens.sae.devices import resolve_device, resolve_dtype
 from ttslens.sae.errors import BadInput, MissingFile
+from ttslens.sae.hooks import Hooks
 from ttslens.sae.sampling import sample
 
 ASSETS = Path(__file__).parent / "assets"
@@ -90,7 +101,8 @@ class DemoCorpus(Corpus):
 
 
 class DemoBackbone(TTSBackbone):
-    """`[sos] instruct <endofprompt> text [task] speech… [eos]` over one id space (see tokenizer)."""
+    """`[sos] instruct <endofprompt> text [task] speech… [eos]` over one id space (see tokenizer); a frame is
+    (phoneme, next phoneme, codec codes), and generation follows the text's phoneme schedule (phones.py)."""
 
     name = "demo"
 
@@ -129,7 +141,7 @@ class DemoBackbone(TTSBackbone):
         if config.vocab_size != tok.vocab_size:
             raise BadInput(f"demo backbone files in {assets} disagree (vocabulary sizes): {REBUILD}")
         model = Qwen2ForCausalLM(config)
-        depth = DepthHead(config.hidden_size, tok.n_codebooks, tok.codebook_size)
+        depth = DepthHead(config.hidden_size, tok.n_codebooks, tok.codebook_size, first=PHONE_COLUMNS)
         state = _read_tensors(assets / "lm.safetensors")
         expected = set(model.state_dict()) | {f"depth.{k}" for k in depth.state_dict()}
         if set(state) != expected:
@@ -140,7 +152,7 @@ class DemoBackbone(TTSBackbone):
         except RuntimeError as e:
             raise BadInput(f"demo backbone weights in {assets} do not fit its config ({e}): {REBUILD}") from None
         codec = Codec.load(assets)
-        if (codec.codebook_size, codec.n_codebooks) != (tok.codebook_size, tok.n_codebooks):
+        if codec.codebook_size > tok.codebook_size or PHONE_COLUMNS + codec.n_codebooks != tok.n_codebooks:
             raise BadInput(f"demo codec and LM in {assets} disagree (speech vocabulary): {REBUILD}")
         info = _read_json(assets / "build.json") if (assets / "build.json").exists() else {}
         model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
@@ -206,45 +218,101 @@ class DemoBackbone(TTSBackbone):
         return out.last_hidden_state, out.cache
 
     def speech_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Codebook 0's codes and the stop (last column)."""
+        """The decision logits: stay on the phoneme, next phoneme, stop (the last column)."""
         if self._head is None:
-            self._head = speech_head(self.model, self.tok.speech_offset, self.tok.eos, self.codebook_size).detach()
+            t = self.tok
+            self._head = speech_head(self.model, t.stay, t.next, t.eos).detach()
         return hidden.to(self._head.dtype) @ self._head.T
+
+    def schedule(self, seq: TTSSequence) -> list[int]:
+        """Phoneme ids the generated speech of `seq` says: those of its text (not its instruct or prompt)."""
+        body = (seq.modality == TEXT) & ~seq.prompt & ~self.instruct_mask(seq)
+        text = self.tok.decode_text(seq.token_ids[body].tolist())
+        unk = self.tok.phone_index[UNK]
+        return [self.tok.phone_index.get(p, unk) for p in text_phonemes(text)]
+
+    def prefill(self, seqs, state: DecodeState, hooks: Hooks) -> None:
+        super().prefill(seqs, state, hooks)
+        state.extra["schedule"] = [self.schedule(s) for s in seqs]
+        state.extra["index"] = [-1] * len(seqs)
 
     @torch.no_grad()
     def sample_frame(self, state: DecodeState) -> torch.Tensor:
-        """Codebook 0 (or the stop) from the LM head, then codebooks 1..C-1 one by one from the depth head,
-        each with the one sampler."""
-        codes = super().sample_frame(state)[:, 0]  # the base sampler: stop masked before min_tokens
+        """The decision (among those the phoneme schedule allows; stop not before `min_tokens`) with the one
+        sampler, then the frame's phoneme columns, then its codec codes one by one from the depth head."""
+        logits = self.speech_logits(state.hidden_BD).float().cpu().clone()
+        schedules, index = state.extra["schedule"], state.extra["index"]
+        for b, sched in enumerate(schedules):
+            ok = allowed_decisions(index[b], len(sched))
+            if len(state.tokens[b]) < state.min_tokens and len(ok) > 1:
+                ok = [d for d in ok if d != STOP]
+            mask = torch.ones(3, dtype=torch.bool)
+            mask[ok] = False
+            logits[b, mask] = float("-inf")
+        decision = sample(logits, state.gens, state.temperature, fallback=NEXT)  # unfiltered: top-p would bias timing
+        end, K = self.tok.phone_index[END], self.codebook_size
+        phones = []
+        for b, sched in enumerate(schedules):
+            if int(decision[b]) == NEXT:
+                index[b] = min(index[b] + 1, len(sched) - 1)
+            i = index[b]
+            phones.append([sched[i], sched[i + 1] if i + 1 < len(sched) else end])
+        cols = [torch.tensor(phones, dtype=torch.long).T[c] for c in range(PHONE_COLUMNS)]
         z = state.hidden_BD.to(self.depth.out.dtype)
-        out = [codes]
-        for c in range(1, self.n_codebooks):
-            z = self.depth.add(z, out[-1].clamp_max(self.codebook_size - 1).to(z.device), c - 1)
-            out.append(sample(self.depth.step(z, c).float(), state.gens, state.temperature, state.top_k, state.top_p))
-        return torch.stack([o.to(codes.device) for o in out], dim=-1)
+        for c, col in enumerate(cols):
+            z = self.depth.add(z, col.to(z.device), c)
+        out = list(cols)
+        for c in range(PHONE_COLUMNS, self.n_codebooks):
+            if c > PHONE_COLUMNS:
+                z = self.depth.add(z, out[-1].to(z.device), c - 1)
+            lg = self.depth.step(z, c).float()
+            lg[:, self.codec.codebook_size :] = float("-inf")  # ids past the codec's (tiny codecs: the inventory's)
+            out.append(sample(lg, state.gens, state.temperature, state.top_k, state.top_p))
+        frame = torch.stack([o.cpu() for o in out], dim=-1)
+        frame[decision == STOP, 0] = K  # a stop: `is_stop` reads column 0 >= codebook_size
+        return frame
 
     @torch.no_grad()
     def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
-        """(summed NLL, count) over every code of every frame and the stop, teacher-forced."""
-        total, count = super().speech_nll(tf, tokens_TC)
+        """(summed NLL, count) of every decision (where the phonemes are known), every codec code and the stop,
+        teacher-forced; decisions are scored among those the schedule allows, as in sampling."""
         n = tokens_TC.shape[0]
-        if tf.final is None or n == 0 or self.n_codebooks == 1:
-            return total, count
-        h = tf.final[-n - 1 : -1].to(device=self.device, dtype=self.depth.out.dtype)
-        t = tokens_TC.to(self.device)
-        lg = self.depth.logits(h, t).float()
-        ce = torch.nn.functional.cross_entropy
-        nll = ce(lg.reshape(-1, self.codebook_size), t[:, 1:].reshape(-1), reduction="sum")
-        return total + float(nll), count + n * (self.n_codebooks - 1)
+        if tf.final is None:
+            raise BadInput("speech_nll needs the final hidden states: teacher-force with logits=True")
+        t = tokens_TC.to(torch.long).cpu()
+        h = tf.final[-n - 1 :].to(device=self.device, dtype=self.depth.out.dtype)
+        unk, end = self.tok.phone_index[UNK], self.tok.phone_index[END]
+        starts = run_starts(t[:, :PHONE_COLUMNS], unk)
+        lg = self.speech_logits(h).float().cpu()
+        total, count = 0.0, 0
+        for k in range(n + 1):  # row k predicts frame k (k = n: the stop)
+            if k < n and starts[k] < 0:
+                continue
+            prev_last = k > 0 and int(t[k - 1, 1]) == end
+            ok = [NEXT] if k == 0 else ([STAY, STOP] if prev_last else [STAY, NEXT])
+            target = STOP if k == n else (NEXT if (k == 0 or starts[k] == 1) else STAY)
+            if target not in ok:
+                continue
+            total -= float(torch.log_softmax(lg[k, ok], -1)[ok.index(target)])
+            count += 1
+        if n:
+            lgd = self.depth.logits(h[:-1], t.to(self.device)).float()
+            ce = torch.nn.functional.cross_entropy
+            nll = ce(
+                lgd.reshape(-1, self.codebook_size), t[:, PHONE_COLUMNS:].reshape(-1).to(lgd.device), reduction="sum"
+            )
+            total, count = total + float(nll), count + n * (self.n_codebooks - PHONE_COLUMNS)
+        return total, count
 
     def layers(self):
         return self.model.model.layers
 
     def decode(self, tokens) -> np.ndarray:
-        return self.codec.decode(self.as_tokens(tokens).numpy())
+        return self.codec.decode(self.as_tokens(tokens)[:, PHONE_COLUMNS:].numpy())
 
     def encode_audio(self, wave: np.ndarray, sr: int) -> torch.Tensor:
-        """The demo codec's tokens [T, C] of a waveform (resampled to the codec's rate when needed)."""
+        """The demo's frames [T, C] of a waveform (resampled to the codec's rate when needed): the codec's codes
+        after two `<unk>` phoneme columns (a WAV's phoneme timing is unknown)."""
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim == 2:
             wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
@@ -252,12 +320,15 @@ class DemoBackbone(TTSBackbone):
             import librosa
 
             wave = librosa.resample(wave, orig_sr=sr, target_sr=self.sample_rate)
-        return torch.as_tensor(self.codec.encode(wave), dtype=torch.long)
+        codes = torch.as_tensor(self.codec.encode(wave), dtype=torch.long)
+        unk = torch.full((len(codes), PHONE_COLUMNS), self.tok.phone_index[UNK], dtype=torch.long)
+        return torch.cat([unk, codes], dim=1)
 
     def token_text(self, ids: torch.Tensor) -> list[str]:
-        off, vocab = self.tok.speech_offset, self.tok.text_vocab
+        """Text positions read as their character; a speech frame as /its phoneme/."""
+        off, vocab, phones = self.tok.speech_offset, self.tok.text_vocab, self.tok.phonemes
         ids = ids[:, 0] if ids.ndim == 2 else ids
-        return [vocab[i] if i < off else f"<s{i - off}>" for i in ids.tolist()]
+        return [vocab[i] if i < off else f"/{phones[i - off] if i - off < len(phones) else '?'}/" for i in ids.tolist()]
 
     def instruct_mask(self, seq: TTSSequence) -> torch.Tensor:
         eop = (seq.token_ids == self.tok.eop).nonzero()

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from ttslens.audio.backbones.demo.backbone import ASSETS
 from ttslens.audio.backbones.demo.lm import (
+    FIRST,
     DemoLMConfig,
     DepthHead,
     Example,
@@ -30,7 +31,8 @@ from ttslens.audio.backbones.demo.lm import (
     load_lm_state,
     train_lm,
 )
-from ttslens.audio.backbones.demo.tokenizer import DemoTokenizer, pack_codes
+from ttslens.audio.backbones.demo.phones import END, UNK, frame_phonemes, run_starts, track_columns
+from ttslens.audio.backbones.demo.tokenizer import PHONE_COLUMNS, DemoTokenizer, pack_codes
 from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json
 
@@ -79,9 +81,13 @@ def _codec_config(cfg: DemoBuildConfig):
     return CodecConfig(seed=cfg.seed)
 
 
-def _example(tok: DemoTokenizer, instruct: str | None, texts: list[str], speech: list) -> Example:
+LM_FORMAT = 3  # bumped when the LM's inputs change, so a cached LM of another layout is never reused
+
+
+def _example(tok: DemoTokenizer, instruct: str | None, texts: list[str], speech: list, hidden: int = 0) -> Example:
     """`<sos> [instruct <endofprompt>] text… <task> speech…`: several (text, speech) parts are joined as a voice
-    prompt and its continuation are (texts with a space, speech back to back)."""
+    prompt and its continuation are (texts with a space, speech back to back). The phonemes of the first
+    `hidden` parts are replaced by `<unk>`, as those of a prompt read from a WAV."""
     ids = [tok.sos]
     if instruct:
         ids += [*tok.encode_text(instruct), tok.eop]
@@ -90,17 +96,30 @@ def _example(tok: DemoTokenizer, instruct: str | None, texts: list[str], speech:
         ids += ([tok.index[" "]] if i else []) + tok.encode_text(text)
     hi = len(ids)
     ids.append(tok.task)
-    frames = torch.cat([torch.as_tensor(t, dtype=torch.long) for t in speech])
-    return Example(torch.tensor(ids, dtype=torch.long), frames, (lo, hi))
+    frames, starts = [], []
+    unk = tok.phone_index[UNK]
+    for i, t in enumerate(speech):
+        t = torch.as_tensor(t, dtype=torch.long).clone()
+        if i < hidden:
+            t[:, :PHONE_COLUMNS] = unk
+        s = run_starts(t[:, :PHONE_COLUMNS], unk)
+        if i >= hidden and len(s):
+            s[0] = FIRST
+        frames.append(t)
+        starts.append(s)
+    return Example(torch.tensor(ids, dtype=torch.long), torch.cat(frames), (lo, hi), torch.cat(starts))
 
 
 def _examples(tok: DemoTokenizer, utts, tokens) -> list[Example]:
     return [_example(tok, u.instruct, [u.text], [t]) for u, t in zip(utts, tokens, strict=True)]
 
 
-def _pairs(tok: DemoTokenizer, utts, tokens, share: float, max_positions: int, seed: int) -> list[Example]:
+def _pairs(
+    tok: DemoTokenizer, utts, tokens, share: float, unknown: float, max_positions: int, seed: int
+) -> list[Example]:
     """`share` x len(utts) extra examples: a plain utterance (the prompt) followed by another utterance of the
-    same voice, as `sequence(text, prompt=...)` lays them out."""
+    same voice, as `sequence(text, prompt=...)` lays them out; in a share `unknown` of them the prompt's
+    phonemes are hidden."""
     rng = np.random.default_rng(seed)
     by_voice: dict[str, list[int]] = {}
     for i, u in enumerate(utts):
@@ -109,11 +128,26 @@ def _pairs(tok: DemoTokenizer, utts, tokens, share: float, max_positions: int, s
     out = []
     for i in rng.permutation(plain)[: int(share * len(utts))].tolist():
         j = int(rng.choice(by_voice[utts[i].voice]))
+        hidden = int(rng.random() < unknown)
         if j == i or utts[j].instruct:
             continue
-        e = _example(tok, None, [utts[i].text, utts[j].text], [tokens[i], tokens[j]])
+        e = _example(tok, None, [utts[i].text, utts[j].text], [tokens[i], tokens[j]], hidden)
         if len(e.prefix) + len(e.speech) + 1 <= max_positions:
             out.append(e)
+    return out
+
+
+def phoneme_inventory(utts) -> list[str]:
+    """UNK, END, then every phoneme name of the corpus tracks, sorted."""
+    return [UNK, END, *sorted({p for u in utts for p, _ in u.phones})]
+
+
+def with_phonemes(utts, codes: list[torch.Tensor], tok: DemoTokenizer, frame_rate: float) -> list[torch.Tensor]:
+    """Each utterance's frames: (phoneme, next phoneme) columns from its espeak-ng track, then its codec codes."""
+    out = []
+    for u, c in zip(utts, codes, strict=True):
+        cols = track_columns(frame_phonemes(u.phones, len(c), frame_rate), tok.phone_index)
+        out.append(torch.cat([cols, c.long()], dim=1))
     return out
 
 
@@ -246,14 +280,17 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
 
     # 4. the LM -------------------------------------------------------------------------------------
     t = _stage(f"demo LM: {cfg.lm.steps} steps", progress)
-    tok = DemoTokenizer(codec.codebook_size, codec.n_codebooks)
+    inventory = phoneme_inventory(utts[:n_train])
+    tok = DemoTokenizer(max(codec.codebook_size, len(inventory)), PHONE_COLUMNS + codec.n_codebooks, inventory)
+    tokens = with_phonemes(utts, tokens, tok, codec.config.frame_rate)
     examples = _examples(tok, utts, tokens)
     too_long = max(len(e.prefix) + len(e.speech) + 1 for e in examples)
     if too_long > cfg.lm.max_positions:
         raise BadInput(f"an utterance needs {too_long} positions > --max-positions {cfg.lm.max_positions}")
     model = build_lm(tok.vocab_size, cfg.lm, tok.pad, seed=cfg.seed)
-    depth = DepthHead(cfg.lm.d_model, codec.n_codebooks, codec.codebook_size)
-    lm_dir = work / ("lm-" + hashlib.sha1(json.dumps(asdict(cfg.lm), sort_keys=True).encode()).hexdigest()[:10])
+    depth = DepthHead(cfg.lm.d_model, tok.n_codebooks, tok.codebook_size, first=PHONE_COLUMNS)
+    key = json.dumps(asdict(cfg.lm) | {"format": LM_FORMAT}, sort_keys=True)
+    lm_dir = work / ("lm-" + hashlib.sha1(key.encode()).hexdigest()[:10])
     if (lm_dir / "lm.safetensors").exists():
         from safetensors.torch import load_file
 
@@ -266,11 +303,19 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
                 model,
                 depth,
                 examples[:n_train]
-                + _pairs(tok, utts[:n_train], tokens[:n_train], cfg.lm.pairs, cfg.lm.max_positions, cfg.seed),
+                + _pairs(
+                    tok,
+                    utts[:n_train],
+                    tokens[:n_train],
+                    cfg.lm.pairs,
+                    cfg.lm.unknown_prompt,
+                    cfg.lm.max_positions,
+                    cfg.seed,
+                ),
                 cfg.lm,
                 tok.speech_offset,
                 tok.pad,
-                tok.eos,
+                (tok.stay, tok.next, tok.eos),
                 seed=cfg.seed,
                 progress=progress,
             )
@@ -279,9 +324,10 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
         with atomic_path(lm_dir / "lm.safetensors") as tmp:
             save_file(lm_state(model, depth), str(tmp))
         atomic_write_json(lm_dir / "history.json", history)
-    args = (tok.speech_offset, tok.pad, tok.eos)
+    args = (tok.speech_offset, tok.pad, (tok.stay, tok.next, tok.eos))
     metrics["lm"] = {
         "parameters": sum(p.numel() for p in [*model.parameters(), *depth.parameters()]),
+        "phonemes": len(tok.phonemes),
         "final_train_loss": round(history[-1]["loss"], 4) if history else None,
         "tokens_per_s": round(history[-1]["tokens_per_s"]) if history else None,
         "heldout_loss": round(heldout_loss(model, depth, examples[n_train:], *args), 4),
@@ -306,7 +352,7 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     codec.save(tmp)
     detector.save(tmp)
     gender.save(tmp)
-    save_file(_packed(tokens, codec.codebook_size), str(tmp / "corpus.safetensors"))
+    save_file(_packed(tokens, tok.codebook_size), str(tmp / "corpus.safetensors"))
     with open(tmp / "corpus.jsonl", "w") as f:
         for i, u in enumerate(utts):
             rec = json.loads(u.to_json()) | {"split": "train" if i < n_train else "heldout"}

@@ -3,7 +3,9 @@
 Each utterance is a generated sentence spoken by one of `VOICES` at 110-260 wpm. Some carry `[laughter]` tags
 between words (a synthetic laugh is rendered there), a few laugh without a tag (spontaneous), and some come
 with an instruct naming the speaker's gender and/or pace ("a woman speaking quickly."). The ground truth
-(`truth.jsonl`) records, per utterance, the text, instruct, voice, rate and the laughter spans in seconds.
+(`truth.jsonl`) records, per utterance, the text, instruct, voice, rate, the laughter spans in seconds and
+the phoneme track (each phoneme's start, from espeak-ng's own timing; `PAUSE` in silences, `LAUGH` where a
+tagged laugh sounds).
 
     out_dir/wav/<id>.wav   16 kHz PCM_16 mono
     out_dir/truth.jsonl    one Utterance JSON per line
@@ -22,7 +24,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from ttslens.audio.backbones.demo.espeak import VOICE_BY_NAME, VOICES, render_laugh, require_espeak, speak
+from ttslens.audio.backbones.demo.espeak import VOICE_BY_NAME, VOICES, render_laugh, require_espeak, speak_aligned
 from ttslens.audio.backbones.demo.sentences import SentenceGenerator
 from ttslens.sae.errors import BadInput, MissingFile
 from ttslens.sae.files import atomic_path
@@ -36,6 +38,7 @@ FAST_WPM, SLOW_WPM = 210, 150  # at or above: "fast"; at or below: "slow"
 TARGET_DBFS = -23.0
 PEAK_LIMIT = 0.98
 PAUSE_S = (0.05, 0.15)
+PAUSE, LAUGH = "_", "LAUGH"  # phoneme-track names of silence (espeak-ng's short pause) and of a tagged laugh
 TRUTH, SETTINGS, WAV_DIR = "truth.jsonl", "corpus.json", "wav"
 FLUSH_EVERY = 100  # rewrite truth.jsonl after this many new utterances, so an interrupted build resumes
 
@@ -86,6 +89,7 @@ class Utterance:
     laughter: list[tuple[float, float]] = field(default_factory=list)  # seconds in the rendered audio
     spontaneous: bool = False  # laughs without a tag
     duration: float = 0.0
+    phones: list[tuple[str, float]] = field(default_factory=list)  # (phoneme, start s), in order; see `render`
 
     @property
     def index(self) -> int:
@@ -101,6 +105,7 @@ class Utterance:
             raise BadInput("not a JSON object")
         utt = cls(**d)
         utt.laughter = [(float(a), float(b)) for a, b in utt.laughter]
+        utt.phones = [(str(p), float(t)) for p, t in utt.phones]
         if not isinstance(utt.text, str) or not isinstance(utt.voice, str):
             raise BadInput("text and voice must be strings")
         return utt
@@ -190,33 +195,43 @@ def _level(x: np.ndarray, sample_rate: int) -> float:
 
 def render(
     utt: Utterance, rng: np.random.Generator, sample_rate: int = 16000
-) -> tuple[np.ndarray, list[tuple[float, float]]]:
+) -> tuple[np.ndarray, list[tuple[float, float]], list[tuple[str, float]]]:
     """Speak the text pieces, put a laugh at each tag (or the spontaneous point), join them with short pauses.
 
-    Returns the wave (float32, normalised to TARGET_DBFS RMS and clip-safe) and the laughter spans in seconds.
+    Returns the wave (float32, normalised to TARGET_DBFS RMS and clip-safe), the laughter spans in seconds,
+    and the phoneme track: (name, start s) with repeats merged, PAUSE over silences, LAUGH over a tagged laugh
+    (a spontaneous one sits in a PAUSE: its text does not say it).
     """
     voice = VOICE_BY_NAME[utt.voice]
     pieces = _segments(utt, rng)
-    audio = [speak(p, voice, utt.rate_wpm, sample_rate) if p is not None else None for p in pieces]
-    speech = [a for a in audio if a is not None and a.size]
+    spoken = [speak_aligned(p, voice, utt.rate_wpm, sample_rate) if p is not None else None for p in pieces]
+    speech = [a for a, _ in filter(None, spoken) if a.size]
     speech_level = float(np.median([_level(a, sample_rate) for a in speech])) if speech else 0.1
     parts: list[np.ndarray] = [np.zeros(int(rng.uniform(0.02, 0.08) * sample_rate), np.float32)]
+    track: list[tuple[str, float]] = [(PAUSE, 0.0)]
     spans: list[tuple[int, int]] = []
-    for i, a in enumerate(audio):
+    for i, piece in enumerate(spoken):
         if i > 0:
+            track.append((PAUSE, sum(len(p) for p in parts) / sample_rate))
             parts.append(np.zeros(int(rng.uniform(*PAUSE_S) * sample_rate), np.float32))
-        if a is None:
+        start = sum(len(p) for p in parts)
+        if piece is None:
             a = render_laugh(rng, voice.f0_hz, voice.gender, sample_rate)
             a = a * (speech_level * rng.uniform(0.7, 1.1) / _level(a, sample_rate))
-            start = sum(len(p) for p in parts)
             spans.append((start, start + len(a)))
+            track.append((PAUSE if utt.spontaneous else LAUGH, start / sample_rate))
+        else:
+            a, phones = piece
+            track += [(name, start / sample_rate + t) for name, t in phones]
         parts.append(a.astype(np.float32))
+    track.append((PAUSE, sum(len(p) for p in parts) / sample_rate))
     parts.append(np.zeros(int(rng.uniform(0.02, 0.08) * sample_rate), np.float32))
     wave = np.concatenate(parts)
     rms = np.sqrt(np.mean(wave**2)) + 1e-9
     gain = min(10 ** (TARGET_DBFS / 20) / rms, PEAK_LIMIT / (np.abs(wave).max() + 1e-9))
     seconds = [(round(a / sample_rate, 3), round(b / sample_rate, 3)) for a, b in spans]
-    return (wave * gain).astype(np.float32), seconds
+    merged = [(n, round(t, 4)) for k, (n, t) in enumerate(track) if k == 0 or n != track[k - 1][0]]
+    return (wave * gain).astype(np.float32), seconds, merged
 
 
 # ------------------------------------------------------------------------------------------- corpus
@@ -238,7 +253,7 @@ def make_utterance(settings: CorpusSettings, index: int, wav_dir: Path | None = 
     rng = np.random.default_rng([settings.seed, index])
     gen = SentenceGenerator(int(rng.integers(2**32)))
     utt = sample_utterance(rng, gen, index, settings.p_tagged, settings.p_spontaneous, settings.p_instruct)
-    wave, utt.laughter = render(utt, rng, settings.sample_rate)
+    wave, utt.laughter, utt.phones = render(utt, rng, settings.sample_rate)
     utt.duration = round(len(wave) / settings.sample_rate, 3)
     if wav_dir is not None:
         with atomic_path(wav_dir / f"{utt.id}.wav") as tmp:
@@ -293,7 +308,7 @@ def build_corpus(
     have = {
         i: done[utterance_id(i)]
         for i in range(n)
-        if utterance_id(i) in done and (wav_dir / f"{utterance_id(i)}.wav").exists()
+        if utterance_id(i) in done and done[utterance_id(i)].phones and (wav_dir / f"{utterance_id(i)}.wav").exists()
     }
     jobs = [(settings, i, str(wav_dir)) for i in range(n) if i not in have]
     bar = tqdm(total=n, initial=len(have), disable=not progress, desc="corpus", unit="utt")

@@ -1,14 +1,20 @@
-"""espeak-ng voices for the demo corpus, and a synthetic laugh.
+"""espeak-ng voices for the demo corpus, their phoneme timing, and a synthetic laugh.
 
-`speak` runs espeak-ng (formant synthesis, fast, offline) and returns trimmed float32 audio at the
-requested rate. `render_laugh` synthesises a breathy "ha-ha-ha" from scratch: a jittered glottal pulse
+`speak` runs espeak-ng (formant synthesis, fast, offline) through its C library and returns trimmed float32
+audio at the requested rate; `speak_aligned` also returns when each phoneme starts (espeak-ng's own phoneme
+events, exact to the sample). `phonemes` is the demo's pronunciation front end: the phoneme names espeak-ng
+says for a text. `render_laugh` synthesises a breathy "ha-ha-ha" from scratch: a jittered glottal pulse
 train plus aspiration noise, shaped by an open-vowel formant cascade, in 3-7 decaying bursts at 4-6 Hz.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import os
+import pickle
 import shutil
-import subprocess
 from dataclasses import dataclass
 from math import gcd
 
@@ -22,15 +28,109 @@ TRIM_KEEP_S = 0.03  # silence kept before the first and after the last audible s
 LAUGH_PEAK = 0.7
 
 
+INSTALL = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng`"
+
+
 def require_espeak() -> str:
-    """Path of the espeak-ng executable, or a RuntimeError saying how to install it."""
+    """Path of the espeak-ng executable, or an EnvironmentProblem saying how to install it."""
     path = shutil.which("espeak-ng")
     if path is None:
-        raise EnvironmentProblem(
-            "espeak-ng not found: install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) "
-            "or `brew install espeak-ng`"
-        )
+        raise EnvironmentProblem(f"espeak-ng not found: {INSTALL}")
     return path
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT (speak_lib.h)
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # ms
+        ("sample", ctypes.c_int),  # samples since the start of the utterance
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),  # the phoneme's name for a phoneme event
+    ]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_PHONEME_EVENT, _SYNCHRONOUS, _PHONEME_EVENTS, _DONT_EXIT = 7, 2, 0x0001, 0x8000
+_RATE, _PITCH = 1, 3
+
+
+def _synth_fresh(text: str, voice: str, rate_wpm: int, pitch: int) -> tuple[bytes, list[tuple[str, int]], int]:
+    """One synthesis by a freshly initialised engine (pure Python + ctypes: it runs in a forked child)."""
+    name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        raise EnvironmentProblem(f"the espeak-ng library ({name}) is not installed: {INSTALL}") from None
+    audio: list[bytes] = []
+    events: list[tuple[str, int]] = []
+
+    def collect(wav, n, ev):
+        if n > 0:
+            audio.append(ctypes.string_at(wav, 2 * n))
+        i = 0
+        while ev[i].type != 0:
+            if ev[i].type == _PHONEME_EVENT:
+                events.append((ev[i].id.split(b"\0")[0].decode(), int(ev[i].sample)))
+            i += 1
+        return 0
+
+    callback = _CALLBACK(collect)
+    rate = lib.espeak_Initialize(_SYNCHRONOUS, 0, None, _PHONEME_EVENTS | _DONT_EXIT)
+    if rate <= 0:
+        raise EnvironmentProblem(f"espeak-ng could not start (are its data files missing?): {INSTALL}")
+    lib.espeak_SetSynthCallback(callback)
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        raise EnvironmentProblem(f"espeak-ng has no voice {voice!r}: reinstall espeak-ng ({INSTALL})")
+    lib.espeak_SetParameter(_RATE, int(rate_wpm), 0)
+    lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+    data = text.encode()
+    lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, 0, None, None)  # position 0 in characters, no end pause
+    lib.espeak_Synchronize()
+    return b"".join(audio), events, rate
+
+
+def _synth(text: str, voice: str, rate_wpm: int, pitch: int) -> tuple[np.ndarray, list[tuple[str, int]], int]:
+    """espeak-ng's 16-bit samples (as `espeak-ng -z` writes them), its phoneme events (name, sample), its rate.
+
+    espeak-ng carries state from one utterance to the next inside a process (timing and noise drift), so each
+    call runs in a forked child with a fresh engine: the same text always gives the same samples, those of
+    the espeak-ng command line."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: synthesise, send, exit without running the parent's clean-up
+        code = 0
+        try:
+            os.close(read)
+            try:
+                payload = ("ok", *_synth_fresh(text, voice, rate_wpm, pitch))
+            except EnvironmentProblem as e:
+                payload = ("error", str(e))
+            with os.fdopen(write, "wb") as f:
+                pickle.dump(payload, f)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise EnvironmentProblem(f"espeak-ng crashed on {text!r}: check the espeak-ng install ({INSTALL})")
+    payload = pickle.loads(data)
+    if payload[0] == "error":
+        raise EnvironmentProblem(payload[1])
+    _, pcm, events, rate = payload
+    return np.frombuffer(pcm, dtype=np.int16), events, rate
+
+
+@functools.lru_cache(maxsize=4096)
+def phonemes(text: str) -> tuple[str, ...]:
+    """The phoneme names espeak-ng (American English) says for `text`, pauses ("_", "_:") included."""
+    return tuple(name for name, _ in _synth(text, "en-us", 160, 50)[1])
 
 
 @dataclass(frozen=True)
@@ -70,25 +170,21 @@ VOICES: tuple[Voice, ...] = (
 VOICE_BY_NAME = {v.name: v for v in VOICES}
 
 
-def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode espeak's streamed 16-bit mono WAV (its size fields are placeholders)."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise EnvironmentProblem("espeak-ng did not return WAV audio")
-    rate = int.from_bytes(data[24:28], "little")
-    start = data.find(b"data", 12) + 8
-    pcm = np.frombuffer(data[start : start + (len(data) - start) // 2 * 2], dtype="<i2")
-    return pcm.astype(np.float32) / 32768.0, rate
-
-
 def trim_silence(x: np.ndarray, sample_rate: int, keep_s: float = TRIM_KEEP_S, floor_db: float = -40.0) -> np.ndarray:
     """Cut leading/trailing samples quieter than `floor_db` below the peak, keeping `keep_s` of margin."""
+    lo, hi = _loud_span(x, sample_rate, keep_s, floor_db)
+    return x[lo:hi]
+
+
+def _loud_span(x: np.ndarray, sample_rate: int, keep_s: float = TRIM_KEEP_S, floor_db: float = -40.0):
+    """[lo, hi) of `trim_silence`."""
     if x.size == 0:
-        return x
+        return 0, 0
     loud = np.flatnonzero(np.abs(x) > np.abs(x).max() * 10 ** (floor_db / 20))
     if loud.size == 0:
-        return x[:0]
+        return 0, 0
     keep = int(keep_s * sample_rate)
-    return x[max(loud[0] - keep, 0) : loud[-1] + keep + 1]
+    return max(int(loud[0]) - keep, 0), int(loud[-1]) + keep + 1
 
 
 def resample(x: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
@@ -101,13 +197,20 @@ def resample(x: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
 
 def speak(text: str, voice: Voice, rate_wpm: int, sample_rate: int = 16000) -> np.ndarray:
     """Synthesise `text` with espeak-ng; float32 mono at `sample_rate`, silence trimmed to <= 50 ms."""
-    cmd = [require_espeak(), "--stdout", "--stdin", "-z", "-v", voice.espeak]
-    cmd += ["-s", str(rate_wpm), "-p", str(voice.pitch)]
-    proc = subprocess.run(cmd, input=text.encode(), capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise EnvironmentProblem(f"espeak-ng failed on {text!r}: {proc.stderr.decode(errors='replace').strip()}")
-    x, rate = _parse_wav(proc.stdout)
-    return trim_silence(resample(x, rate, sample_rate), sample_rate)
+    return speak_aligned(text, voice, rate_wpm, sample_rate)[0]
+
+
+def speak_aligned(
+    text: str, voice: Voice, rate_wpm: int, sample_rate: int = 16000
+) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """`speak`, and each phoneme's (name, start in seconds of the returned audio), in order; a phoneme lasts
+    until the next one starts (the last until the end). Starts in the trimmed margins are clipped to the audio."""
+    pcm, events, rate = _synth(text, voice.espeak, rate_wpm, voice.pitch)
+    x = resample(pcm.astype(np.float32) / 32768.0, rate, sample_rate)
+    lo, hi = _loud_span(x, sample_rate)
+    end = (hi - lo) / sample_rate
+    phones = [(name, min(max(at / rate - lo / sample_rate, 0.0), end)) for name, at in events]
+    return x[lo:hi], phones
 
 
 # ---------------------------------------------------------------------------------------------- laugh

@@ -1,11 +1,13 @@
-"""The demo TTS LM: a small Qwen2 decoder over [specials | characters | speech codes], trained with
+"""The demo TTS LM: a small Qwen2 decoder over [specials | characters | speech frames], trained with
 cross-entropy on the speech frames (and the final <eos>), as CosyVoice3's LM is.
 
-A speech frame is C codec codes (see codec.py); its input embedding is the sum of its C code embeddings
-(as CSM's), codebook c's ids sitting at `speech_offset + c * K + code`. Codebook 0 (and the stop, <eos>) is
-read off the decoder's last hidden state by the LM head; codebooks 1..C-1 by a small depth head that adds
-the embeddings of the codes already chosen in this frame (`DepthHead`), so each code is conditioned on the
-coarser ones, as CSM's depth decoder does.
+A speech frame is C ids: its phoneme, the next phoneme, then the codec's codes (see tokenizer.py and
+phones.py); its input embedding is the sum of its C embeddings (as CSM's), column c's ids sitting at
+`speech_offset + c * K + id`. The LM head reads the next frame's *decision* off the decoder's last hidden
+state: `<stay>` on the phoneme, `<next>` phoneme, or `<eos>` (only the choices the schedule allows are
+scored, in training as in sampling). The codec codes come from a small depth head that adds the embeddings
+of the frame's phonemes and of the codes already chosen (`DepthHead`), so each code is conditioned on what
+is being said and on the coarser codes, as CSM's depth decoder does.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ class DemoLMConfig:
     """Warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    guided_attention: float = 1.0
+    guided_attention: float = 0.0
     """Weight of the guided-attention loss (as DC-TTS): in head 0 of each `guided_layers` layer, a speech
     frame's attention over the text is pulled towards the diagonal (frame t of T near character n of N when
-    n/N ~ t/T), so the LM learns which character it is saying early in training; 0 = off."""
+    n/N ~ t/T); 0 = off (the phoneme columns already say what each frame says)."""
     guided_layers: list[int] = field(default_factory=lambda: [1, 2])
     """Layers whose head 0 the guided-attention loss shapes."""
     guided_width: float = 0.2
@@ -57,6 +59,9 @@ class DemoLMConfig:
     pairs: float = 0.25
     """Share of extra training examples that are two utterances of one voice in a row (text 1 + text 2, speech
     1 + speech 2): what a voice prompt looks like at inference (CosyVoice3's prompt continuation)."""
+    unknown_prompt: float = 0.5
+    """Share of those pairs whose first utterance's phonemes are hidden (`<unk>`), as in a prompt read from a
+    WAV, whose phoneme timing is unknown."""
 
 
 def build_lm(vocab_size: int, cfg: DemoLMConfig, pad_id: int = 0, seed: int = 0):
@@ -82,30 +87,30 @@ def build_lm(vocab_size: int, cfg: DemoLMConfig, pad_id: int = 0, seed: int = 0)
 
 
 class DepthHead(nn.Module):
-    """Codebooks 1..C-1 of a frame from the frame's hidden state and its earlier codes:
-    z_c = h + sum_{j<c} E_j[code_j];  u_c = z_c + MLP(norm(z_c));  logits_c = W_c norm(u_c)."""
+    """Columns `first`..C-1 of a frame from the frame's hidden state and its earlier columns:
+    z_c = h + sum_{j<c} E_j[id_j];  u_c = z_c + MLP(norm(z_c));  logits_c = W_c norm(u_c)."""
 
-    def __init__(self, d_model: int, n_codebooks: int, codebook_size: int) -> None:
+    def __init__(self, d_model: int, n_codebooks: int, codebook_size: int, first: int = 1) -> None:
         super().__init__()
-        self.C, self.K = n_codebooks, codebook_size
+        self.C, self.K, self.first = n_codebooks, codebook_size, first
         self.embed = nn.Embedding(max(n_codebooks - 1, 1) * codebook_size, d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.SiLU(), nn.Linear(2 * d_model, d_model))
-        self.out = nn.Parameter(torch.zeros(max(n_codebooks - 1, 1), codebook_size, d_model))
+        self.out = nn.Parameter(torch.zeros(max(n_codebooks - first, 1), codebook_size, d_model))
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.out, std=0.02)
 
     def logits(self, h_ND: torch.Tensor, codes_NC: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [N, C-1, K] of codebooks 1..C-1 given the frame's codes [N, C]."""
+        """Teacher-forced logits [N, C-first, K] of columns first..C-1 given the frame's ids [N, C]."""
         prev = self.embed(codes_NC[:, :-1] + torch.arange(self.C - 1, device=codes_NC.device) * self.K)
-        z = h_ND[:, None, :] + prev.cumsum(1)  # [N, C-1, d]
+        z = h_ND[:, None, :] + prev.cumsum(1)[:, self.first - 1 :]  # [N, C-first, d]
         return torch.einsum("ncd,ckd->nck", self._u(z), self.out)
 
     def step(self, h_ND: torch.Tensor, c: int) -> torch.Tensor:
-        """Logits [N, K] of codebook c >= 1 from h_ND = h + sum_{j<c} E_j[code_j]."""
-        return self._u(h_ND) @ self.out[c - 1].T
+        """Logits [N, K] of column c >= first from h_ND = h + sum_{j<c} E_j[id_j]."""
+        return self._u(h_ND) @ self.out[c - self.first].T
 
     def add(self, h_ND: torch.Tensor, code_N: torch.Tensor, c: int) -> torch.Tensor:
-        """h_ND + E_c[code]: the running sum after choosing codebook c's code."""
+        """h_ND + E_c[id]: the running sum after choosing column c's id."""
         return h_ND + self.embed(code_N + c * self.K)
 
     def _u(self, z: torch.Tensor) -> torch.Tensor:
@@ -114,10 +119,22 @@ class DepthHead(nn.Module):
         return norm(u, (u.shape[-1],))
 
 
-def speech_head(model, speech_offset: int, eos_id: int, codebook_size: int) -> torch.Tensor:
-    """Rows of the output layer for codebook 0's codes, then <eos> (the "stop" column)."""
+STAY, NEXT, STOP = 0, 1, 2  # the decisions the LM head chooses between
+FIRST = 2  # `Example.starts` of an utterance's first frame: the schedule allows only NEXT there
+
+
+def speech_head(model, stay_id: int, next_id: int, eos_id: int) -> torch.Tensor:
+    """Rows of the output layer for the decisions: `<stay>`, `<next>`, `<eos>` (the stop)."""
     w = model.lm_head.weight
-    return torch.cat([w[speech_offset : speech_offset + codebook_size], w[eos_id : eos_id + 1]])
+    return w[[stay_id, next_id, eos_id]]
+
+
+def allowed_decisions(index: int, n_phones: int) -> list[int]:
+    """What the schedule allows after phoneme `index` of `n_phones` (-1: none said yet): the first phoneme,
+    then stay or move on, and on the last one stay or stop."""
+    if index < 0:
+        return [NEXT]
+    return [STAY, STOP] if index >= n_phones - 1 else [STAY, NEXT]
 
 
 def embed_frames(model, ids_BTC: torch.Tensor, speech_BT: torch.Tensor) -> torch.Tensor:
@@ -140,8 +157,9 @@ def load_lm_state(model, depth: DepthHead, state: dict[str, torch.Tensor]) -> No
 
 class Example(NamedTuple):
     prefix: torch.Tensor  # [P] ids, ending with <task>
-    speech: torch.Tensor  # [T, C] codec codes
+    speech: torch.Tensor  # [T, C] frames: phoneme, next phoneme, codec codes
     text: tuple[int, int]  # prefix positions [lo, hi) of the text being spoken (after any instruct)
+    starts: torch.Tensor  # [T] 1 where a frame moves to a new phoneme, 0 where it stays, -1 unknown, FIRST first
 
 
 class Batch(NamedTuple):
@@ -149,7 +167,10 @@ class Batch(NamedTuple):
     attn: torch.Tensor  # [B, L]
     speech: torch.Tensor  # [B, L] bool: speech positions (their embedding sums the C columns)
     tmask: torch.Tensor  # [B, L] bool: positions whose next frame (or the stop) is a target
-    targets: torch.Tensor  # [n, C] next frame's codes; row of a stop: [K, -100, ...]
+    targets: torch.Tensor  # [n, C] next frame's ids (zeros for the stop)
+    decision: torch.Tensor  # [n] STAY / NEXT / STOP, -100 where the phoneme is unknown
+    allowed: torch.Tensor  # [n, 3] bool: the decisions the schedule allows there
+    voiced: torch.Tensor  # [n] bool: targets that are frames (not the stop)
     diag: torch.Tensor  # [B, L] where a position sits on the alignment diagonal: t/T for speech, n/N for text
     text: torch.Tensor  # [B, L] bool: the spoken text's positions
 
@@ -182,7 +203,7 @@ def collate(examples: list[Example], codebook_size: int, speech_offset: int, pad
     tmask = torch.zeros((len(examples), L), dtype=torch.bool)
     text = torch.zeros((len(examples), L), dtype=torch.bool)
     diag = torch.zeros((len(examples), L))
-    targets = []
+    targets, decisions, allowed = [], [], []
     offsets = speech_offset + torch.arange(C) * K
     for b, e in enumerate(examples):
         P, T = len(e.prefix), len(e.speech)
@@ -196,10 +217,22 @@ def collate(examples: list[Example], codebook_size: int, speech_offset: int, pad
         diag[b, lo:hi] = (torch.arange(hi - lo) + 0.5) / max(hi - lo, 1)
         diag[b, P : P + T] = (torch.arange(T) + 0.5) / max(T, 1)
         tmask[b, P - 1 : P + T] = True  # <task> predicts frame 0, ..., the last frame predicts the stop
-        stop = torch.full((1, C), -100, dtype=torch.long)
-        stop[0, 0] = K
-        targets.append(torch.cat([e.speech, stop]))
-    return Batch(ids, attn, speech, tmask, torch.cat(targets), diag, text)
+        targets.append(torch.cat([e.speech, torch.zeros((1, C), dtype=torch.long)]))
+        dec = torch.cat([torch.where(e.starts < 0, -100, e.starts.clamp_max(NEXT)), torch.tensor([STOP])])
+        last = e.speech[:, 1] == 1  # next phoneme = END (id 1): the frame says the last phoneme
+        ok = torch.zeros((T + 1, 3), dtype=torch.bool)  # row k: what may follow frame k-1
+        ok[1:, STAY] = True
+        ok[1:, NEXT] = ~last
+        ok[1:, STOP] = last
+        first = torch.cat([e.starts == FIRST, torch.tensor([False])])
+        ok[first] = torch.tensor([False, True, False])
+        decisions.append(dec)
+        allowed.append(ok)
+    targets = torch.cat(targets)
+    voiced = torch.ones(len(targets), dtype=torch.bool)
+    ends = torch.tensor([len(e.speech) + 1 for e in examples]).cumsum(0) - 1
+    voiced[ends] = False
+    return Batch(ids, attn, speech, tmask, targets, torch.cat(decisions), torch.cat(allowed), voiced, diag, text)
 
 
 def guided_attention_loss(attentions, batch: Batch, layers: tuple[int, ...], width: float) -> torch.Tensor:
@@ -220,31 +253,30 @@ def frame_loss(
     model,
     depth: DepthHead,
     batch: Batch,
-    speech_offset: int,
-    eos_id: int,
+    head_ids: tuple[int, int, int],
     reduction: str = "mean",
     guided: tuple[float, tuple[int, ...], float] | None = None,
 ):
-    """Cross-entropy of the next frames: codebook 0 + stop by the LM head, codebooks 1.. by the depth head;
-    "mean" averages over codebooks and targets, "sum" returns (summed NLL, count of targets). `guided` =
-    (weight, layers, width) adds the guided-attention loss (training only; "mean" returns (total, CE))."""
-    K = depth.K
+    """Cross-entropy of the next frames: the decision (stay / next / stop, over the allowed ones) by the LM
+    head at `head_ids` = (<stay>, <next>, <eos>), the codec codes by the depth head; "mean" averages over
+    targets, "sum" returns (summed NLL, count of targets). `guided` = (weight, layers, width) adds the
+    guided-attention loss (training only; "mean" then returns (total, CE))."""
     h = model.model(
         inputs_embeds=embed_frames(model, batch.ids, batch.speech),
         attention_mask=batch.attn,
         output_attentions=guided is not None,
     )
     h_ND = h.last_hidden_state[batch.tmask]
-    t = batch.targets
     ce = nn.functional.cross_entropy
-    lg0 = h_ND @ speech_head(model, speech_offset, eos_id, K).T
-    nll0 = ce(lg0, t[:, 0], reduction="sum")
-    voiced = t[:, 1] != -100 if t.shape[1] > 1 else torch.zeros(len(t), dtype=torch.bool)
+    lg0 = (h_ND @ speech_head(model, *head_ids).T).masked_fill(~batch.allowed, float("-inf"))
+    known = batch.decision != -100
+    nll0 = ce(lg0[known], batch.decision[known], reduction="sum")
+    v, t = batch.voiced, batch.targets
     nll_rest = torch.zeros((), device=h_ND.device)
-    if voiced.any():
-        lg = depth.logits(h_ND[voiced], t[voiced])  # [n, C-1, K]
-        nll_rest = ce(lg.reshape(-1, K), t[voiced, 1:].reshape(-1), reduction="sum")
-    count = len(t) + int(voiced.sum()) * (t.shape[1] - 1)
+    if v.any():
+        lg = depth.logits(h_ND[v], t[v])  # [n, C-first, K]
+        nll_rest = ce(lg.reshape(-1, depth.K), t[v, depth.first :].reshape(-1), reduction="sum")
+    count = int(known.sum()) + int(v.sum()) * (t.shape[1] - depth.first)
     if reduction == "sum":
         return nll0 + nll_rest, count
     ce = (nll0 + nll_rest) / count
@@ -267,7 +299,7 @@ def train_lm(
     cfg: DemoLMConfig,
     speech_offset: int,
     pad_id: int,
-    eos_id: int,
+    head_ids: tuple[int, int, int],
     seed: int = 0,
     progress: bool = True,
     log=None,
@@ -297,12 +329,12 @@ def train_lm(
     while step < cfg.steps:
         if not queue:
             queue = _batches(examples, cfg.batch_tokens, gen)
-        batch = collate([examples[i] for i in queue.pop()], depth.K, speech_offset, pad_id, eos_id)
+        batch = collate([examples[i] for i in queue.pop()], depth.K, speech_offset, pad_id, head_ids[2])
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         layers = tuple(i for i in cfg.guided_layers if i < cfg.n_layers)
         guided = (cfg.guided_attention, layers, cfg.guided_width) if cfg.guided_attention and layers else None
-        out = frame_loss(model, depth, batch, speech_offset, eos_id, guided=guided)
+        out = frame_loss(model, depth, batch, head_ids, guided=guided)
         loss, ce = out if guided else (out, out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -325,13 +357,15 @@ def train_lm(
 
 
 @torch.no_grad()
-def heldout_loss(model, depth: DepthHead, examples: list[Example], speech_offset: int, pad_id: int, eos_id: int):
-    """Mean cross-entropy per speech code (and stop) over `examples`."""
+def heldout_loss(
+    model, depth: DepthHead, examples: list[Example], speech_offset: int, pad_id: int, head_ids: tuple[int, int, int]
+):
+    """Mean cross-entropy per target (decisions and codec codes) over `examples`."""
     model.eval()
     depth.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), 16):
-        batch = collate(examples[i : i + 16], depth.K, speech_offset, pad_id, eos_id)
-        s, n = frame_loss(model, depth, batch, speech_offset, eos_id, reduction="sum")
+        batch = collate(examples[i : i + 16], depth.K, speech_offset, pad_id, head_ids[2])
+        s, n = frame_loss(model, depth, batch, head_ids, reduction="sum")
         total, count = total + float(s), count + n
     return total / max(count, 1)

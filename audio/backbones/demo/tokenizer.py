@@ -1,6 +1,9 @@
 """The demo backbone's vocabulary: specials, characters, then speech tokens, in one id space.
 
-Sequence layout (as CosyVoice3's): `<sos> [instruct <endofprompt>] text <task> speech… <eos>`.
+Sequence layout (as CosyVoice3's): `<sos> [instruct <endofprompt>] text <task> speech… <eos>`. A speech frame
+has C columns: its phoneme, the next phoneme (see phones.py), then the codec's codes; column c's id k is
+`speech_offset + c * codebook_size + k`. The LM head reads `<stay>` / `<next>` / `<eos>` off a frame: stay on
+the current phoneme, move to the next one, or stop.
 Text is read character by character after a light normalisation (lower case, accents stripped,
 typographic quotes and dashes folded); `[laughter]` is one token. Anything else is refused with a
 message that names the characters.
@@ -15,7 +18,8 @@ import numpy as np
 
 from ttslens.sae.errors import BadInput
 
-SPECIALS = ("<pad>", "<sos>", "<endofprompt>", "<task>", "<eos>")
+SPECIALS = ("<pad>", "<sos>", "<endofprompt>", "<task>", "<eos>", "<stay>", "<next>")
+PHONE_COLUMNS = 2  # (phoneme, next phoneme) before the codec's codes
 TAGS = ("[laughter]",)
 CHARS = " abcdefghijklmnopqrstuvwxyz.,?!'-"
 FOLD = {"’": "'", "‘": "'", "`": "'", "“": "", "”": "", '"': "", ";": ",", ":": ",", "—": "-", "–": "-"}
@@ -23,15 +27,22 @@ _TAG = re.compile(r"\[([^\[\]]*)\]")
 
 
 class DemoTokenizer:
-    """Character tokenizer + speech ids after the text vocabulary: codebook c's code k is
-    `speech_offset + c * codebook_size + k`."""
+    """Character tokenizer + speech ids after the text vocabulary: column c's id k is
+    `speech_offset + c * codebook_size + k`; `phonemes` is the phoneme inventory (UNK and END first)."""
 
-    def __init__(self, codebook_size: int, n_codebooks: int = 1) -> None:
+    def __init__(self, codebook_size: int, n_codebooks: int, phonemes: list[str]) -> None:
+        from ttslens.audio.backbones.demo.phones import END, UNK
+
+        if phonemes[:2] != [UNK, END] or len(phonemes) > codebook_size:
+            raise BadInput(f"a phoneme inventory starts with {UNK}, {END} and has at most {codebook_size} names")
+        # ids per column: the codec's codebook size, or the inventory's where that is larger (tiny codecs)
         self.codebook_size, self.n_codebooks = codebook_size, n_codebooks
+        self.phonemes = list(phonemes)
+        self.phone_index = {p: i for i, p in enumerate(self.phonemes)}
         self.n_speech = codebook_size * n_codebooks
         self.text_vocab = [*SPECIALS, *TAGS, *CHARS]
         self.index = {t: i for i, t in enumerate(self.text_vocab)}
-        self.pad, self.sos, self.eop, self.task, self.eos = (self.index[s] for s in SPECIALS)
+        self.pad, self.sos, self.eop, self.task, self.eos, self.stay, self.next = (self.index[s] for s in SPECIALS)
         self.speech_offset = len(self.text_vocab)
         self.vocab_size = self.speech_offset + self.n_speech
 
@@ -73,13 +84,18 @@ class DemoTokenizer:
         return "".join(self.text_vocab[i] for i in ids if i < self.speech_offset and i >= len(SPECIALS))
 
     def to_dict(self) -> dict:
-        return {"codebook_size": self.codebook_size, "n_codebooks": self.n_codebooks, "text_vocab": self.text_vocab}
+        return {
+            "codebook_size": self.codebook_size,
+            "n_codebooks": self.n_codebooks,
+            "text_vocab": self.text_vocab,
+            "phonemes": self.phonemes,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> DemoTokenizer:
-        if "codebook_size" not in d:
+        if "phonemes" not in d:
             raise BadInput("the tokenizer file is from an older demo backbone: rebuild with `ttslens demo build`")
-        tok = cls(int(d["codebook_size"]), int(d["n_codebooks"]))
+        tok = cls(int(d["codebook_size"]), int(d["n_codebooks"]), list(d["phonemes"]))
         if d.get("text_vocab") != tok.text_vocab:
             raise BadInput("the tokenizer file does not match this ttslens: rebuild with `ttslens demo build`")
         return tok
