@@ -1,6 +1,8 @@
 """Does the demo backbone say the words? WER by an independent offline Whisper (faster-whisper tiny.en).
 
-For held-out corpus texts (no tags) × corpus voices, three conditions on the same text:
+For texts × corpus voices, four conditions on the same text. `--sentences corpus` takes held-out corpus texts
+(the grammar's word salad, no tags); `--sentences natural` takes everyday sentences written for this benchmark,
+outside the corpus grammar and partly outside its vocabulary (the demo reads them through its phoneme front end).
 1. raw espeak-ng speech of the text in that voice (what Whisper can do on this kind of speech);
 2. the demo codec's round trip of that audio (encode → decode);
 3. the demo backbone's generated speech of the text in that voice (its named voice prompt);
@@ -8,6 +10,7 @@ For held-out corpus texts (no tags) × corpus voices, three conditions on the sa
 Writes results/words.json (per-utterance transcripts and WER, means per condition).
 
     python benchmarks/bench_words.py --texts 16 --voices 4
+    python benchmarks/bench_words.py --sentences natural --texts 16 --voices 4   # → results/words_natural.json
 """
 
 from __future__ import annotations
@@ -25,20 +28,50 @@ from ttslens.audio.measures.asr import ASR
 from ttslens.audio.measures.wer import wer
 
 RESULTS = Path(__file__).parent / "results"
+NATURAL = [
+    "the door is open.",
+    "hello there, this is the demo voice.",
+    "please close the window before you leave.",
+    "we are going to the market on sunday.",
+    "my sister plays the piano every evening.",
+    "the train to the city leaves at nine.",
+    "can you hear the birds in the garden?",
+    "he forgot his umbrella at the office.",
+    "the coffee is too hot to drink.",
+    "they built a small house near the river.",
+    "turn left at the next corner.",
+    "our teacher told us a funny story.",
+    "the children are playing in the park.",
+    "i will call you when i get home.",
+    "this soup needs a little more salt.",
+    "the library closes early on fridays.",
+    "she painted the kitchen bright yellow.",
+    "a cold wind blew across the field.",
+    "do you know where my keys are?",
+    "the museum opens at ten in the morning.",
+]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=12)
+    ap.add_argument("--sentences", choices=("corpus", "natural"), default="corpus")
     ap.add_argument("--voices", type=int, default=4)
     ap.add_argument("--rate", type=int, default=170, help="espeak-ng words per minute for the raw speech")
     ap.add_argument("--backbone", default="demo", help="backbone name or assets directory")
-    ap.add_argument("--out", default=str(RESULTS / "words.json"))
+    ap.add_argument("--out", default="", help="default: results/words.json (corpus) or results/words_natural.json")
     args = ap.parse_args()
+    args.out = args.out or str(RESULTS / ("words.json" if args.sentences == "corpus" else "words_natural.json"))
     bb = load_backbone(args.backbone)
     prompts = bb.voices()
     asr = ASR.require("tiny.en")
-    pool = [it.text for it in bb.default_corpus().items("heldout") if "[" not in it.text and 20 <= len(it.text) <= 90]
+    if args.sentences == "natural":
+        pool = NATURAL
+    else:
+        items = bb.default_corpus().items("heldout")
+        pool = [it.text for it in items if "[" not in it.text and 20 <= len(it.text) <= 90]
+    if len(pool) < args.texts:
+        raise SystemExit(f"only {len(pool)} {args.sentences} sentences: ask for --texts {len(pool)} or fewer")
     texts = pool[: args.texts]
     voices = [VOICES[(i * len(VOICES)) // args.voices] for i in range(args.voices)]  # spread over both genders
     rows, t0 = [], time.perf_counter()
@@ -65,6 +98,7 @@ def main() -> None:
     out = {
         "asr": f"faster-whisper {asr.name}",
         "backbone": bb.info.get("command", args.backbone) if hasattr(bb, "info") else args.backbone,
+        "sentences": args.sentences,
         "texts": len(texts),
         "voices": [v.name for v in voices],
         "mean_wer": means,

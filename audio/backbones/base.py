@@ -14,7 +14,7 @@ A subclass supplies the model-specific pieces:
 - `decode(tokens_TC)` → waveform and, where it has a speech tokenizer, `encode_audio(wave, sr)`.
 Optional: `prefill` / `step` (how a frame is fed: the defaults embed it at the next position under the KV
 cache), `sample_frame` (its own sampler: history-aware, a depth decoder, slot masks), `is_stop`,
-`speech_nll`, `speech_times`, `default_corpus`, `token_text`, `instruct_mask`, `max_new_tokens`.
+`speech_nll`, `text_free`, `speech_times`, `default_corpus`, `token_text`, `instruct_mask`, `max_new_tokens`.
 
 The base class gives every backbone batched teacher forcing (right padding + attention mask),
 batched seeded generation under a KV cache (left padding), and interventions: edits applied through
@@ -255,6 +255,11 @@ class TTSBackbone:
                 logits_BV[b, self.codebook_size :] = float("-inf")
         ids_B = sample(logits_BV, state.gens, state.temperature, state.top_k, state.top_p, fallback=self.codebook_size)
         return ids_B[:, None]
+
+    def text_free(self, tokens_TC: torch.Tensor) -> torch.Tensor:
+        """The speech tokens without what would give their text away (default: unchanged; the demo hides its
+        phoneme columns), for judging how well speech fits a text."""
+        return tokens_TC
 
     def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
         """(summed NLL, count) of the speech tokens and the stop, teacher-forced (default: one head, C = 1)."""

@@ -122,17 +122,16 @@ def dtw_distance(a: np.ndarray | None, b: np.ndarray | None) -> float:
 
 def text_match(bb, text: str, other: str, tokens) -> float:
     """How much the speech tokens say `text` rather than `other`, judged by the clean backbone: the
-    mean per-token cross-entropy of the tokens given `other` minus given `text` (nats per token).
+    mean per-target NLL of the tokens given `other` minus given `text` (nats; `speech_nll`), on the tokens
+    with anything that spells the text out removed (`text_free`: the demo's phoneme columns).
     Speaker-independent (the model scores every voice); nan for fewer than 3 tokens."""
-    import torch
-
     if len(tokens) < 3:
         return math.nan
+    tokens = bb.text_free(bb.as_tokens(tokens))
 
     def ce(t: str) -> float:
-        tf = bb.teacher_forced(t, tokens)
-        speech = (tf.sequence.modality == SPEECH).nonzero().flatten()
-        return float(torch.nn.functional.cross_entropy(tf.logits[speech - 1].float(), bb.as_tokens(tokens)[:, 0]))
+        nll, count = bb.speech_nll(bb.teacher_forced(t, tokens), tokens)
+        return nll / max(count, 1)
 
     return ce(other) - ce(text)
 

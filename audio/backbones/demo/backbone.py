@@ -304,6 +304,12 @@ class DemoBackbone(TTSBackbone):
             total, count = total + float(nll), count + n * (self.n_codebooks - PHONE_COLUMNS)
         return total, count
 
+    def text_free(self, tokens_TC: torch.Tensor) -> torch.Tensor:
+        """The frames with `<unk>` phonemes: what is said must then be heard in the codes."""
+        out = self.as_tokens(tokens_TC).clone()
+        out[:, :PHONE_COLUMNS] = self.tok.phone_index[UNK]
+        return out
+
     def layers(self):
         return self.model.model.layers
 
