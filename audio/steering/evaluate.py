@@ -29,7 +29,6 @@ from ttslens.audio.corpus import backbone_items
 from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
 from ttslens.audio.measures.wer import wer
 from ttslens.sae import notes
-from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, FileClash
 from ttslens.sae.files import atomic_path, atomic_write_json, sae_info
 from ttslens.sae.steering import STRENGTHS

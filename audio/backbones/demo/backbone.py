@@ -24,6 +24,7 @@ from ttslens.audio.backbones.demo.lm import (
     DepthHead,
     allowed_decisions,
     embed_frames,
+    expand_head,
     load_lm_state,
     speech_head,
 )
@@ -142,7 +143,7 @@ class DemoBackbone(TTSBackbone):
             raise BadInput(f"demo backbone files in {assets} disagree (vocabulary sizes): {REBUILD}")
         model = Qwen2ForCausalLM(config)
         depth = DepthHead(config.hidden_size, tok.n_codebooks, tok.codebook_size, first=PHONE_COLUMNS)
-        state = _read_tensors(assets / "lm.safetensors")
+        state = expand_head(_read_tensors(assets / "lm.safetensors"), config.vocab_size)
         expected = set(model.state_dict()) | {f"depth.{k}" for k in depth.state_dict()}
         if set(state) != expected:
             odd = sorted(set(state) ^ expected)[:3]

@@ -347,7 +347,8 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "lm.json").write_text(model.config.to_json_string())
-    save_file({k: v.half() for k, v in lm_state(model, depth).items()}, str(tmp / "lm.safetensors"))
+    shipped = lm_state(model, depth, head_ids=[tok.stay, tok.next, tok.eos])
+    save_file({k: v if k == "lm_head.ids" else v.half() for k, v in shipped.items()}, str(tmp / "lm.safetensors"))
     (tmp / "tokenizer.json").write_text(json.dumps(tok.to_dict()))
     codec.save(tmp)
     detector.save(tmp)
@@ -356,6 +357,7 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     with open(tmp / "corpus.jsonl", "w") as f:
         for i, u in enumerate(utts):
             rec = json.loads(u.to_json()) | {"split": "train" if i < n_train else "heldout"}
+            del rec["phones"]  # the frames carry them (phoneme columns)
             f.write(json.dumps(rec) + "\n")
     (tmp / "build.json").write_text(json.dumps(info, indent=1))
     if out.exists():

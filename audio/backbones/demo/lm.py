@@ -144,13 +144,29 @@ def embed_frames(model, ids_BTC: torch.Tensor, speech_BT: torch.Tensor) -> torch
     return torch.where(speech_BT[..., None], speech, emb(ids_BTC[..., 0]))
 
 
-def lm_state(model, depth: DepthHead) -> dict[str, torch.Tensor]:
-    """One state dict for the decoder and its depth head ("depth." keys)."""
+def lm_state(model, depth: DepthHead, head_ids: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """One state dict for the decoder and its depth head ("depth." keys). With `head_ids`, only those rows of
+    the output layer are kept ("lm_head.rows" + "lm_head.ids"): the others are never read, nor trained."""
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if head_ids is not None:
+        ids = torch.tensor(head_ids, dtype=torch.long)
+        state["lm_head.rows"], state["lm_head.ids"] = state.pop("lm_head.weight")[ids].contiguous(), ids
     return state | {f"depth.{k}": v.contiguous() for k, v in depth.state_dict().items()}
 
 
+def expand_head(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """The inverse of `lm_state(..., head_ids)`: a full output layer, zero in the rows that were not kept."""
+    if "lm_head.rows" not in state:
+        return state
+    state = dict(state)
+    rows, ids = state.pop("lm_head.rows"), state.pop("lm_head.ids").long()
+    full = torch.zeros((vocab_size, rows.shape[1]), dtype=rows.dtype)
+    full[ids] = rows
+    return state | {"lm_head.weight": full}
+
+
 def load_lm_state(model, depth: DepthHead, state: dict[str, torch.Tensor]) -> None:
+    state = expand_head(state, model.config.vocab_size)
     depth.load_state_dict({k[6:]: v.float() for k, v in state.items() if k.startswith("depth.")})
     model.load_state_dict({k: v.float() for k, v in state.items() if not k.startswith("depth.")})
 
