@@ -313,3 +313,21 @@ def test_size_name_without_weights(fresh, monkeypatch):
     monkeypatch.setitem(sys.modules, "whisper", None)
     with pytest.raises(MissingFile, match=r"'tiny' not found in the Hugging Face cache .*'tiny.en'"):
         ASR.require("tiny")
+
+
+# ---- the shipped demo says the words --------------------------------------------------------------------
+DEMO_SENTENCE = "please close the window before you leave."
+DEMO_MAX_WER = 0.8  # mean over 4 voice prompts × seeds; measured 0.64 (step 1 babble: >= 1)
+
+
+def test_the_shipped_demo_says_a_fixed_sentence(tiny_en):
+    from ttslens.audio import load_backbone
+
+    bb = load_backbone("demo")
+    voices = bb.voices()
+    runs = [("f1", 0), ("m1", 1), ("robert", 2), ("f3", 3)]
+    waves = [bb.synthesize(DEMO_SENTENCE, prompt=voices[v].as_prompt(), seed=s)[0] for v, s in runs]
+    errors = [wer(DEMO_SENTENCE, tiny_en.text(w, bb.sample_rate)) for w in waves]
+    assert np.mean(errors) <= DEMO_MAX_WER, errors
+    other = "the children are playing in the park."  # the bound is tight enough to tell sentences apart
+    assert np.mean([wer(other, tiny_en.text(w, bb.sample_rate)) for w in waves]) > 0.9
