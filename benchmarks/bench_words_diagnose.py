@@ -21,26 +21,17 @@ from pathlib import Path
 import torch
 
 from ttslens.audio import load_backbone
+from ttslens.audio.backbones.demo.tokenizer import PHONE_COLUMNS
 from ttslens.audio.measures.asr import ASR
 from ttslens.audio.measures.wer import wer
-from ttslens.sae.sampling import generators, sample
+from ttslens.sae.sampling import generators
 
 RESULTS = Path(__file__).parent / "results"
-PHONE_COLUMNS = 2
 
 
 def depth_codes(bb, h_ND: torch.Tensor, frames_NC: torch.Tensor, seed: int, temperature: float) -> torch.Tensor:
     """The depth head's codes for each frame given its hidden state and its true phoneme columns."""
-    gens = generators([seed] * len(frames_NC))
-    z = h_ND
-    for c in range(PHONE_COLUMNS):
-        z = bb.depth.add(z, frames_NC[:, c], c)
-    out: list[torch.Tensor] = []
-    for c in range(PHONE_COLUMNS, bb.n_codebooks):
-        if out:
-            z = bb.depth.add(z, out[-1], c - 1)
-        out.append(sample(bb.depth.step(z, c).float(), gens, temperature, 50, 0.95))
-    return torch.cat([frames_NC[:, :PHONE_COLUMNS], torch.stack(out, -1)], 1)
+    return bb.sample_codes(h_ND, frames_NC[:, :PHONE_COLUMNS], generators([seed] * len(frames_NC)), temperature)
 
 
 def main() -> None:

@@ -18,17 +18,18 @@ import torch
 
 from ttslens.audio.backbones.base import DecodeState, TeacherForced, TTSBackbone, TTSSequence
 from ttslens.audio.backbones.demo.lm import (
+    FIRST,
     NEXT,
-    STAY,
     STOP,
     DepthHead,
     allowed_decisions,
+    decision_targets,
     embed_frames,
     expand_head,
     load_lm_state,
     speech_head,
 )
-from ttslens.audio.backbones.demo.phones import END, UNK, run_starts, text_phonemes
+from ttslens.audio.backbones.demo.phones import END_ID, UNK_ID, run_starts, text_phonemes
 from ttslens.audio.backbones.demo.tokenizer import PHONE_COLUMNS, DemoTokenizer, unpack_codes
 from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
 from ttslens.audio.corpus import Corpus, CorpusItem
@@ -229,8 +230,7 @@ class DemoBackbone(TTSBackbone):
         """Phoneme ids the generated speech of `seq` says: those of its text (not its instruct or prompt)."""
         body = (seq.modality == TEXT) & ~seq.prompt & ~self.instruct_mask(seq)
         text = self.tok.decode_text(seq.token_ids[body].tolist())
-        unk = self.tok.phone_index[UNK]
-        return [self.tok.phone_index.get(p, unk) for p in text_phonemes(text)]
+        return [self.tok.phone_index.get(p, UNK_ID) for p in text_phonemes(text)]
 
     def prefill(self, seqs, state: DecodeState, hooks: Hooks) -> None:
         super().prefill(seqs, state, hooks)
@@ -240,7 +240,7 @@ class DemoBackbone(TTSBackbone):
     @torch.no_grad()
     def sample_frame(self, state: DecodeState) -> torch.Tensor:
         """The decision (among those the phoneme schedule allows; stop not before `min_tokens`) with the one
-        sampler, then the frame's phoneme columns, then its codec codes one by one from the depth head."""
+        sampler, then the frame's phoneme columns, then its codec codes (`sample_codes`)."""
         logits = self.speech_logits(state.hidden_BD).float().cpu().clone()
         schedules, index = state.extra["schedule"], state.extra["index"]
         for b, sched in enumerate(schedules):
@@ -251,64 +251,63 @@ class DemoBackbone(TTSBackbone):
             mask[ok] = False
             logits[b, mask] = float("-inf")
         decision = sample(logits, state.gens, state.temperature, fallback=NEXT)  # unfiltered: top-p would bias timing
-        end, K = self.tok.phone_index[END], self.codebook_size
         phones = []
         for b, sched in enumerate(schedules):
             if int(decision[b]) == NEXT:
                 index[b] = min(index[b] + 1, len(sched) - 1)
             i = index[b]
-            phones.append([sched[i], sched[i + 1] if i + 1 < len(sched) else end])
-        cols = [torch.tensor(phones, dtype=torch.long).T[c] for c in range(PHONE_COLUMNS)]
-        z = state.hidden_BD.to(self.depth.out.dtype)
-        for c, col in enumerate(cols):
-            z = self.depth.add(z, col.to(z.device), c)
-        out = list(cols)
-        for c in range(PHONE_COLUMNS, self.n_codebooks):
-            if c > PHONE_COLUMNS:
-                z = self.depth.add(z, out[-1].to(z.device), c - 1)
+            phones.append([sched[i], sched[i + 1] if i + 1 < len(sched) else END_ID])
+        frame = self.sample_codes(
+            state.hidden_BD, torch.tensor(phones), state.gens, state.temperature, state.top_k, state.top_p
+        )
+        frame[decision == STOP, 0] = self.codebook_size  # a stop: `is_stop` reads column 0 >= codebook_size
+        return frame
+
+    @torch.no_grad()
+    def sample_codes(
+        self, hidden_BD: torch.Tensor, phones_B2: torch.Tensor, gens, temperature=1.0, top_k=50, top_p=0.95
+    ) -> torch.Tensor:
+        """Frames [B, C]: the given phoneme columns, then codec codes drawn one by one from the depth head,
+        each conditioned on the frame's phonemes and the codes before it."""
+        z = hidden_BD.to(self.depth.out.dtype)
+        out = [phones_B2[:, c].cpu() for c in range(PHONE_COLUMNS)]
+        for c in range(1, self.n_codebooks):
+            z = self.depth.add(z, out[c - 1].to(z.device), c - 1)
+            if c < PHONE_COLUMNS:
+                continue
             lg = self.depth.step(z, c).float()
             lg[:, self.codec.codebook_size :] = float("-inf")  # ids past the codec's (tiny codecs: the inventory's)
-            out.append(sample(lg, state.gens, state.temperature, state.top_k, state.top_p))
-        frame = torch.stack([o.cpu() for o in out], dim=-1)
-        frame[decision == STOP, 0] = K  # a stop: `is_stop` reads column 0 >= codebook_size
-        return frame
+            out.append(sample(lg, gens, temperature, top_k, top_p).cpu())
+        return torch.stack(out, dim=-1)
 
     @torch.no_grad()
     def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
         """(summed NLL, count) of every decision (where the phonemes are known), every codec code and the stop,
-        teacher-forced; decisions are scored among those the schedule allows, as in sampling."""
+        teacher-forced; decisions are scored among those the schedule allows, as in sampling and training."""
         n = tokens_TC.shape[0]
         if tf.final is None:
             raise BadInput("speech_nll needs the final hidden states: teacher-force with logits=True")
         t = tokens_TC.to(torch.long).cpu()
         h = tf.final[-n - 1 :].to(device=self.device, dtype=self.depth.out.dtype)
-        unk, end = self.tok.phone_index[UNK], self.tok.phone_index[END]
-        starts = run_starts(t[:, :PHONE_COLUMNS], unk)
-        lg = self.speech_logits(h).float().cpu()
-        total, count = 0.0, 0
-        for k in range(n + 1):  # row k predicts frame k (k = n: the stop)
-            if k < n and starts[k] < 0:
-                continue
-            prev_last = k > 0 and int(t[k - 1, 1]) == end
-            ok = [NEXT] if k == 0 else ([STAY, STOP] if prev_last else [STAY, NEXT])
-            target = STOP if k == n else (NEXT if (k == 0 or starts[k] == 1) else STAY)
-            if target not in ok:
-                continue
-            total -= float(torch.log_softmax(lg[k, ok], -1)[ok.index(target)])
-            count += 1
+        starts = run_starts(t[:, :PHONE_COLUMNS], UNK_ID)
+        if n and starts[0] >= 0:
+            starts[0] = FIRST
+        dec, ok = decision_targets(t, starts)
+        known = dec >= 0
+        lg = self.speech_logits(h).float().cpu().masked_fill(~ok, float("-inf"))
+        ce = torch.nn.functional.cross_entropy
+        total, count = float(ce(lg[known], dec[known], reduction="sum")) if known.any() else 0.0, int(known.sum())
         if n:
             lgd = self.depth.logits(h[:-1], t.to(self.device)).float()
-            ce = torch.nn.functional.cross_entropy
-            nll = ce(
-                lgd.reshape(-1, self.codebook_size), t[:, PHONE_COLUMNS:].reshape(-1).to(lgd.device), reduction="sum"
-            )
-            total, count = total + float(nll), count + n * (self.n_codebooks - PHONE_COLUMNS)
+            codes = t[:, PHONE_COLUMNS:].reshape(-1).to(lgd.device)
+            total += float(ce(lgd.reshape(-1, self.codebook_size), codes, reduction="sum"))
+            count += n * (self.n_codebooks - PHONE_COLUMNS)
         return total, count
 
     def text_free(self, tokens_TC: torch.Tensor) -> torch.Tensor:
         """The frames with `<unk>` phonemes: what is said must then be heard in the codes."""
         out = self.as_tokens(tokens_TC).clone()
-        out[:, :PHONE_COLUMNS] = self.tok.phone_index[UNK]
+        out[:, :PHONE_COLUMNS] = UNK_ID
         return out
 
     def layers(self):
@@ -328,7 +327,7 @@ class DemoBackbone(TTSBackbone):
 
             wave = librosa.resample(wave, orig_sr=sr, target_sr=self.sample_rate)
         codes = torch.as_tensor(self.codec.encode(wave), dtype=torch.long)
-        unk = torch.full((len(codes), PHONE_COLUMNS), self.tok.phone_index[UNK], dtype=torch.long)
+        unk = torch.full((len(codes), PHONE_COLUMNS), UNK_ID, dtype=torch.long)
         return torch.cat([unk, codes], dim=1)
 
     def token_text(self, ids: torch.Tensor) -> list[str]:

@@ -57,9 +57,16 @@ _PHONEME_EVENT, _SYNCHRONOUS, _PHONEME_EVENTS, _DONT_EXIT = 7, 2, 0x0001, 0x8000
 _RATE, _PITCH = 1, 3
 
 
-def _synth_fresh(text: str, voice: str, rate_wpm: int, pitch: int) -> tuple[bytes, list[tuple[str, int]], int]:
+@functools.cache
+def _library() -> str:
+    """The espeak-ng shared library's name (found once, in the parent: `find_library` runs ldconfig)."""
+    return ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+
+
+def _synth_fresh(
+    text: str, voice: str, rate_wpm: int, pitch: int, name: str
+) -> tuple[bytes, list[tuple[str, int]], int]:
     """One synthesis by a freshly initialised engine (pure Python + ctypes: it runs in a forked child)."""
-    name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
     try:
         lib = ctypes.CDLL(name)
     except OSError:
@@ -98,6 +105,7 @@ def _synth(text: str, voice: str, rate_wpm: int, pitch: int) -> tuple[np.ndarray
     espeak-ng carries state from one utterance to the next inside a process (timing and noise drift), so each
     call runs in a forked child with a fresh engine: the same text always gives the same samples, those of
     the espeak-ng command line."""
+    name = _library()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: synthesise, send, exit without running the parent's clean-up
@@ -105,7 +113,7 @@ def _synth(text: str, voice: str, rate_wpm: int, pitch: int) -> tuple[np.ndarray
         try:
             os.close(read)
             try:
-                payload = ("ok", *_synth_fresh(text, voice, rate_wpm, pitch))
+                payload = ("ok", *_synth_fresh(text, voice, rate_wpm, pitch, name))
             except EnvironmentProblem as e:
                 payload = ("error", str(e))
             with os.fdopen(write, "wb") as f:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ttslens.audio.backbones.demo.phones import END_ID
+
 
 @dataclass
 class DemoLMConfig:
@@ -208,6 +210,24 @@ def _batches(examples: list[Example], batch_tokens: int, gen: torch.Generator) -
     return [batches[p] for p in perm]
 
 
+def decision_targets(frames_TC: torch.Tensor, starts_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the LM head should choose before each frame and after the last: targets [T+1] (STAY / NEXT /
+    STOP; -100 where the phoneme is unknown or the target is not allowed) and the allowed decisions
+    [T+1, 3] (row k: what may follow frame k-1 — NEXT alone before an utterance's first frame, STOP only
+    after a frame that says the last phoneme)."""
+    T = len(frames_TC)
+    dec = torch.cat([torch.where(starts_T < 0, -100, starts_T.clamp_max(NEXT)), torch.tensor([STOP])])
+    last = frames_TC[:, 1] == END_ID  # no next phoneme: the frame says the last one
+    ok = torch.zeros((T + 1, 3), dtype=torch.bool)
+    ok[1:, STAY] = True
+    ok[1:, NEXT] = ~last
+    ok[1:, STOP] = last
+    ok[torch.cat([starts_T == FIRST, torch.tensor([False])])] = torch.tensor([False, True, False])
+    known = dec >= 0
+    dec[known & ~ok[torch.arange(T + 1), dec.clamp_min(0)]] = -100
+    return dec, ok
+
+
 def collate(examples: list[Example], codebook_size: int, speech_offset: int, pad_id: int, eos_id: int) -> Batch:
     """Right-padded batch of [prefix, speech frames, <eos>] sequences with next-frame targets."""
     C, K = examples[0].speech.shape[1], codebook_size
@@ -234,14 +254,7 @@ def collate(examples: list[Example], codebook_size: int, speech_offset: int, pad
         diag[b, P : P + T] = (torch.arange(T) + 0.5) / max(T, 1)
         tmask[b, P - 1 : P + T] = True  # <task> predicts frame 0, ..., the last frame predicts the stop
         targets.append(torch.cat([e.speech, torch.zeros((1, C), dtype=torch.long)]))
-        dec = torch.cat([torch.where(e.starts < 0, -100, e.starts.clamp_max(NEXT)), torch.tensor([STOP])])
-        last = e.speech[:, 1] == 1  # next phoneme = END (id 1): the frame says the last phoneme
-        ok = torch.zeros((T + 1, 3), dtype=torch.bool)  # row k: what may follow frame k-1
-        ok[1:, STAY] = True
-        ok[1:, NEXT] = ~last
-        ok[1:, STOP] = last
-        first = torch.cat([e.starts == FIRST, torch.tensor([False])])
-        ok[first] = torch.tensor([False, True, False])
+        dec, ok = decision_targets(e.speech, e.starts)
         decisions.append(dec)
         allowed.append(ok)
     targets = torch.cat(targets)

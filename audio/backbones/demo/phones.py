@@ -16,6 +16,7 @@ import torch
 from ttslens.audio.backbones.demo.corpus_gen import LAUGH, LAUGH_TAG, PAUSE
 
 UNK, END = "<unk>", "<end>"  # a frame of unknown phoneme (speech from a WAV); "no next phoneme"
+UNK_ID, END_ID = 0, 1  # their ids: every inventory starts with them (tokenizer.py)
 UNKNOWN_RUN = -1  # `run_starts` value of frames whose phoneme is unknown
 
 
