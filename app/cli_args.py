@@ -111,11 +111,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         elif t is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=doc)
         else:
+            optional = type(None) in typing.get_args(t)  # `float | None`: unset means "the default elsewhere"
+            if optional:
+                t = next(a for a in typing.get_args(t) if a is not type(None))
             kind = t if t in (int, float, str) else str
             metavar = {int: "N", float: "X", str: "STR"}[kind]
-            parser.add_argument(
-                flag, dest=dest, type=kind, default=default, metavar=metavar, help=f"{doc} (default: {default!r})"
-            )
+            shown = "" if optional and default is None else f" (default: {default!r})"
+            parser.add_argument(flag, dest=dest, type=kind, default=default, metavar=metavar, help=f"{doc}{shown}")
 
 
 def _default(cls: type, path: tuple[str, ...]):

@@ -42,12 +42,13 @@ class SynthesizeConfig:
     """What --prompt-wav says (default: transcribed by --asr)."""
     seed: int = 0
     """Sampling seed (the same seed, text and voice give the same audio)."""
-    temperature: float = 1.0
-    """Sampling temperature (0 = greedy)."""
-    top_k: int = 50
-    """Sample among the k most likely speech tokens (0 = all)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass."""
+    temperature: float | None = None
+    """Sampling temperature (0 = greedy; default: the backbone's own, 1.0 for the demo and CosyVoice3)."""
+    top_k: int | None = None
+    """Sample among the k most likely speech tokens (0 = all; default: the backbone's, 50 for the demo,
+    25 for CosyVoice3)."""
+    top_p: float | None = None
+    """Nucleus sampling mass (default: the backbone's, 0.95 for the demo, 0.8 for CosyVoice3)."""
     max_seconds: float = 0.0
     """Stop after this much speech (0 = the backbone's default limit for the text length)."""
     out: str = "speech.wav"

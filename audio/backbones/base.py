@@ -167,6 +167,7 @@ class TTSBackbone:
     max_positions: int  # context length
     n_codebooks: int = 1  # C: ids per speech position
     frame_positions: int = 1  # S: positions per speech frame
+    sampling = {"temperature": 1.0, "top_k": 50, "top_p": 0.95}  # what generate() uses when not told
 
     @property
     def token_rate(self) -> float:
@@ -414,16 +415,20 @@ class TTSBackbone:
         prompt=None,
         interventions: Sequence[Intervention] = (),
         seed: int | Sequence[int] = 0,
-        temperature: float = 1.0,
-        top_k: int = 50,
-        top_p: float = 0.95,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         max_tokens: int | None = None,
         min_tokens: int = 1,
         record: Sequence[int] = (),
     ) -> Generation | list[Generation]:
         """Sample speech frame by frame under a KV cache; each step runs one new position per row
         through the model, so hooks (interventions, recording) see exactly that position.
-        A list of texts is generated as one left-padded batch (one seed per text)."""
+        A list of texts is generated as one left-padded batch (one seed per text). Sampling settings left
+        None are the backbone's own (`sampling`)."""
+        temperature = self.sampling["temperature"] if temperature is None else temperature
+        top_k = self.sampling["top_k"] if top_k is None else top_k
+        top_p = self.sampling["top_p"] if top_p is None else top_p
         batched = not isinstance(text, str)
         texts = list(text) if batched else [text]
         seeds = [seed] * len(texts) if isinstance(seed, int) else list(seed)

@@ -145,15 +145,16 @@ class SteerableTTS(SAESteerer):
         window: tuple[float, float] | None = None,
         replace: bool = False,
         record: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 50,
-        top_p: float = 0.95,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         max_seconds: float = 0.0,
     ) -> list[Synthesis]:
         """Several texts in one batched generation (each with its seed; one int = the same seed for all),
         one edit set. `window=(t0, t1)` limits the edits to speech between t0 and t1 seconds. `voice`: a voice
         name of the backbone (`bb.voices()`) or a prompt (`ttslens.audio.voices.prompt_from_wav`, or
-        (text, tokens)) whose voice the speech continues; the prompt's own speech is never steered."""
+        (text, tokens)) whose voice the speech continues; the prompt's own speech is never steered. Sampling
+        settings left None are the backbone's own."""
         seeds = [seeds] * len(texts) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(texts):
             raise BadInput(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")

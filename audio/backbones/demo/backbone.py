@@ -271,11 +271,8 @@ class DemoBackbone(TTSBackbone):
         each conditioned on the frame's phonemes and the codes before it."""
         z = hidden_BD.to(self.depth.out.dtype)
         out = [phones_B2[:, c].cpu() for c in range(PHONE_COLUMNS)]
-        for c in range(1, self.n_codebooks):
-            z = self.depth.add(z, out[c - 1].to(z.device), c - 1)
-            if c < PHONE_COLUMNS:
-                continue
-            lg = self.depth.step(z, c).float()
+        for _ in range(PHONE_COLUMNS, self.n_codebooks):
+            lg = self.depth.column_logits(z, torch.stack(out, -1).to(z.device)).float()
             lg[:, self.codec.codebook_size :] = float("-inf")  # ids past the codec's (tiny codecs: the inventory's)
             out.append(sample(lg, gens, temperature, top_k, top_p).cpu())
         return torch.stack(out, dim=-1)

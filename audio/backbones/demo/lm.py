@@ -107,13 +107,11 @@ class DepthHead(nn.Module):
         z = h_ND[:, None, :] + prev.cumsum(1)[:, self.first - 1 :]  # [N, C-first, d]
         return torch.einsum("ncd,ckd->nck", self._u(z), self.out)
 
-    def step(self, h_ND: torch.Tensor, c: int) -> torch.Tensor:
-        """Logits [N, K] of column c >= first from h_ND = h + sum_{j<c} E_j[id_j]."""
-        return self._u(h_ND) @ self.out[c - self.first].T
-
-    def add(self, h_ND: torch.Tensor, code_N: torch.Tensor, c: int) -> torch.Tensor:
-        """h_ND + E_c[id]: the running sum after choosing column c's id."""
-        return h_ND + self.embed(code_N + c * self.K)
+    def column_logits(self, h_ND: torch.Tensor, codes_Nc: torch.Tensor) -> torch.Tensor:
+        """Logits [N, K] of column c = codes_Nc.shape[1] >= first, given the frame's columns 0..c-1."""
+        c = codes_Nc.shape[1]
+        z = h_ND + self.embed(codes_Nc + torch.arange(c, device=codes_Nc.device) * self.K).sum(1)
+        return self._u(z) @ self.out[c - self.first].T
 
     def _u(self, z: torch.Tensor) -> torch.Tensor:
         norm = nn.functional.rms_norm
