@@ -23,7 +23,7 @@ def _commands():
         run_quickstart,
         run_synthesize,
     )
-    from ttslens.audio.harvest import train_sae
+    from ttslens.audio.harvest import run_harvest, train_sae
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, run_presets
     from ttslens.audio.voices import VoicesConfig, run_voices
@@ -33,7 +33,6 @@ def _commands():
         HarvestConfig,
         TextQuickstartConfig,
         run_eval,
-        run_harvest,
         run_text_quickstart,
     )
     from ttslens.sae.training import TrainConfig
@@ -45,7 +44,11 @@ def _commands():
     return {
         "train": (TrainConfig, do_train, "train an SAE on a model's residual stream (or a TTS backbone's)"),
         "eval": (EvalConfig, run_eval, "evaluate an SAE (EV, L0, dead latents, per modality, CE recovered)"),
-        "harvest": (HarvestConfig, lambda c: {"out": str(run_harvest(c))}, "cache a layer's activations"),
+        "harvest": (
+            HarvestConfig,
+            lambda c: {"out": str(run_harvest(c))},
+            "cache a layer's activations (text LM or TTS backbone)",
+        ),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),
         "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),

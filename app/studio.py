@@ -65,7 +65,10 @@ class Studio:
         from ttslens.autointerp.browse import FeatureIndex
 
         self.cfg = cfg
-        self.tts = SteerableTTS.load(cfg.backbone, cfg.sae, device=cfg.device, dtype=cfg.dtype)
+        from ttslens.audio.backbones.registry import backbone_spec
+
+        spec = backbone_spec(cfg.backbone, cfg.model_dir)
+        self.tts = SteerableTTS.load(spec, cfg.sae, device=cfg.device, dtype=cfg.dtype)
         self.index = {str(s.layer): FeatureIndex.load(s.path) for s in self.tts.saes}
         if cfg.work_dir:
             Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)

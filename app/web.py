@@ -27,6 +27,9 @@ class AppConfig:
 
     backbone: str = "demo"
     """TTS backbone name or `ttslens demo build` directory."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (e.g. the Fun-CosyVoice3-0.5B-2512 files for cosyvoice3); the
+    same as --backbone NAME:DIR."""
     sae: list[str] = field(default_factory=list)
     """SAE directories on that backbone (one per layer); their labels (SAE_DIR/labels) feed the browser."""
     device: str = "cpu"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ttslens.audio.backbones.registry import backbone_spec
 from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_path
@@ -26,7 +27,10 @@ class SynthesizeConfig:
     text: str = field(default="", metadata={"positional": True})
     """The text to speak (the demo backbone reads letters, spaces, .,?!'- and [laughter] tags)."""
     backbone: str = "demo"
-    """Backbone name (demo) or a directory written by `ttslens demo build --out DIR`."""
+    """Backbone name (demo, cosyvoice3; see `ttslens backbones`) or a directory written by `ttslens demo build`."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (e.g. the Fun-CosyVoice3-0.5B-2512 files for cosyvoice3); the
+    same as --backbone NAME:DIR."""
     device: str = "cpu"
     """Torch device for the backbone and the SAE(s): cpu, cuda, cuda:N or auto."""
     dtype: str = "float32"
@@ -94,7 +98,8 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         raise BadInput('empty text: give the words to speak, e.g. ttslens synthesize "hello there."')
     if cfg.steer and not cfg.sae:
         raise BadInput("--steer needs an SAE: pass --sae DIR (trained with `ttslens train --backbone`)")
-    tts = SteerableTTS.load(cfg.backbone, cfg.sae, device=cfg.device, dtype=cfg.dtype)
+    spec = backbone_spec(cfg.backbone, cfg.model_dir)
+    tts = SteerableTTS.load(spec, cfg.sae, device=cfg.device, dtype=cfg.dtype)
     prompt = resolve_prompt(tts.bb, cfg.voice, cfg.prompt_wav, cfg.prompt_text, cfg.asr or DEFAULT_MODEL)
     out = tts.synthesize(
         cfg.text,

@@ -114,6 +114,23 @@ def speech_ce(backbone: TTSBackbone, sae, layer: int, items: list[CorpusItem]) -
     return ce_recovered_with(ce, sae_dev, layer)
 
 
+def run_harvest(cfg):
+    """`ttslens harvest`: a text LM's activations (`ttslens.sae.commands.run_harvest`), or a TTS backbone's,
+    teacher-forced over --dataset (text, audio) pairs or its own corpus."""
+    from ttslens.audio.backbones.registry import backbone_spec
+    from ttslens.sae import commands
+    from ttslens.sae.harvest import harvest
+
+    if not cfg.backbone:
+        return commands.run_harvest(cfg)
+    spec = backbone_spec(cfg.backbone, cfg.model_dir)
+    src, _, info = backbone_sources(spec, cfg.layer, cfg.dataset or None, cfg.device, cfg.model_dtype)
+    src.batch = cfg.model_batch
+    meta = {"backbone": spec, "layer": cfg.layer, "dataset": cfg.dataset or "default", "dtype": cfg.dtype}
+    with torch.no_grad():
+        return harvest(src, cfg.out, cfg.tokens, cfg.shard_tokens, cfg.dtype, meta | {"hook_name": info["hook_name"]})
+
+
 def train_sae(cfg, progress: bool = True):
     """`ttslens.sae.training.train`, resolving `cfg.backbone` to a teacher-forced backbone source; for a
     backbone the metrics add the speech-token CE with the SAE spliced in (held-out items)."""
@@ -121,10 +138,13 @@ def train_sae(cfg, progress: bool = True):
 
     if not cfg.backbone:
         return train(cfg, progress=progress)
+    from ttslens.audio.backbones.registry import backbone_spec
+
+    spec = backbone_spec(cfg.backbone, cfg.model_dir)
     if progress:
-        print(f"loading backbone {cfg.backbone} and its corpus ...", file=sys.stderr, flush=True)
+        print(f"loading backbone {spec} and its corpus ...", file=sys.stderr, flush=True)
     src, held, info = backbone_sources(
-        cfg.backbone,
+        spec,
         cfg.layer,
         cfg.corpus or None,
         cfg.device,

@@ -111,12 +111,15 @@ class VoicesConfig:
 
     backbone: str = "demo"
     """Backbone name or directory."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (e.g. the Fun-CosyVoice3-0.5B-2512 files for cosyvoice3); the
+    same as --backbone NAME:DIR."""
 
 
 def run_voices(cfg: VoicesConfig) -> None:
-    from ttslens.audio.backbones.registry import load_backbone
+    from ttslens.audio.backbones.registry import backbone_spec, load_backbone
 
-    bb = load_backbone(cfg.backbone)
+    bb = load_backbone(backbone_spec(cfg.backbone, cfg.model_dir))
     rows = [
         {"voice": name, "seconds": round(len(v.tokens) / bb.token_rate, 2), "text": v.text}
         for name, v in bb.voices().items()

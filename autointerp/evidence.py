@@ -125,7 +125,9 @@ class Evidence:
     # ---- audio side --------------------------------------------------------------------------
     def wave(self, j: int) -> np.ndarray:
         if j not in self._waves:
-            self._waves[j] = self.bb.decode(self.items[j].tokens)
+            self._waves[j] = own_audio(self.items[j], self.bb.sample_rate)
+            if self._waves[j] is None:
+                self._waves[j] = self.bb.decode(self.items[j].tokens)
             if len(self._waves) > 64:
                 self._waves.popitem(last=False)
         return self._waves[j]
@@ -159,6 +161,22 @@ class Evidence:
             for k, extra in zip(todo, self.models.measure(clips, self.bb.sample_rate), strict=True):
                 self._clips[k] |= extra
         return [dict(self._clips[k]) if k else None for k in keys]
+
+
+def own_audio(item, sample_rate: int) -> np.ndarray | None:
+    """An item's recording at `sample_rate` (mono float32), or None for an item with tokens only: a corpus of
+    real (text, audio) pairs is heard as recorded, without the backbone's decoder."""
+    if item.audio is None:
+        return None
+    wave, sr = item.audio
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
+    if int(sr) != sample_rate:
+        import librosa
+
+        wave = librosa.resample(wave, orig_sr=int(sr), target_sr=sample_rate)
+    return wave
 
 
 def finite(x) -> float | None:

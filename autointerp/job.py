@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ttslens.audio.corpus import backbone_items
+from ttslens.audio.backbones.registry import backbone_spec
+from ttslens.audio.corpus import load_corpus, with_tokens
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.audio.measures.clips import MEASURES
 from ttslens.autointerp.collect import Collection, collect, load_or_collect
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 MIN_ITEMS = 8
 STAMPED = ("labeler", "items", "top", "quantiles", "negatives", "pool", "speech_share", "text_share", "clip_s")
-STAMPED += ("seed", "asr", "laughter_model", "gender_model")
+STAMPED += ("seed", "asr", "laughter_model", "gender_model", "corpus")
 
 
 def parse_features(spec: str, n: int) -> list[int]:
@@ -117,13 +118,14 @@ class Job:
         """The backbone and layer to use: the SAE's own unless given, and a different given one is refused."""
         cfg, sae_dir = self.cfg, self.sae_dir
         trained_on, trained_layer = info.get("backbone"), info.get("layer")
-        name = cfg.backbone or trained_on
+        given = backbone_spec(cfg.backbone, cfg.model_dir)
+        name = given or trained_on
         if not name:
             raise BadInput(f"{sae_dir} does not say which TTS backbone it was trained on: pass --backbone")
-        if trained_on and cfg.backbone and not _same_backbone(cfg.backbone, trained_on):
+        if trained_on and given and not _same_backbone(given, trained_on):
             raise BadInput(
-                f"the SAE in {sae_dir} was trained on backbone {trained_on!r}, not {cfg.backbone!r}: "
-                f"pass --backbone {trained_on} or an SAE trained on {cfg.backbone}"
+                f"the SAE in {sae_dir} was trained on backbone {trained_on!r}, not {given!r}: "
+                f"pass --backbone {trained_on} or an SAE trained on {given}"
             )
         layer = cfg.layer if cfg.layer >= 0 else trained_layer
         if layer is None:
@@ -137,18 +139,18 @@ class Job:
     def _scanned_items(self) -> tuple[list[int], list]:
         """--items corpus utterances in a seeded order: (their corpus indices, the items)."""
         cfg = self.cfg
-        corpus = backbone_items(self.bb, "all")
+        corpus = load_corpus(cfg.corpus or None, backbone=self.bb).items("all")
         if len(corpus) < MIN_ITEMS:
             raise BadInput(
                 f"the {self.backbone_name} corpus has {len(corpus)} utterances; labelling needs at least {MIN_ITEMS} "
-                "(rebuild the backbone with more --utterances)"
+                + ("(give a larger --corpus)" if cfg.corpus else "(rebuild the backbone with more --utterances)")
             )
         if len(corpus) < cfg.items:
             notes.note(f"the corpus has {len(corpus)} utterances, fewer than --items {cfg.items}: using all")
         order = list(range(len(corpus)))
         random.Random(cfg.seed).shuffle(order)
         index = order[: max(MIN_ITEMS, cfg.items)]
-        return index, [corpus[i] for i in index]
+        return index, [with_tokens(corpus[i], self.bb) for i in index]
 
     def _stamp(self) -> None:
         """OUT remembers the settings its records depend on; a re-run with others is refused."""

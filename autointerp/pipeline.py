@@ -38,6 +38,12 @@ class LabelConfig:
     """SAE directory (from `ttslens train --backbone ...`)."""
     backbone: str = ""
     """TTS backbone the SAE reads (demo or a build directory); empty = the one named in the SAE's metadata."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (e.g. the Fun-CosyVoice3-0.5B-2512 files for cosyvoice3); the
+    same as --backbone NAME:DIR."""
+    corpus: str = ""
+    """What to scan: empty = the backbone's own corpus; or (text, audio) pairs (a .jsonl/.csv/.parquet file, a
+    saved `datasets` directory or hf:NAME), tokenised by the backbone; their own audio is the clips' source."""
     layer: int = -1
     """Layer the SAE reads; -1 = the one in the SAE's metadata (a different value is an error)."""
     device: str = "cpu"

@@ -124,12 +124,18 @@ def _check_width(sae, d: int, where: str) -> None:
 
 @dataclass
 class HarvestConfig:
-    """Write residual-stream activations of a causal LM to a cache of safetensors shards."""
+    """Write residual-stream activations of a causal LM, or of a TTS backbone teacher-forced over (text, audio)
+    pairs, to a cache of safetensors shards (a TTS backbone's rows carry modality, token, item and time)."""
 
     model: str = ""
     """Hugging Face causal LM (hub id or local path)."""
+    backbone: str = ""
+    """A TTS backbone instead (demo, cosyvoice3, ...; see `ttslens backbones`)."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (the same as --backbone NAME:DIR)."""
     dataset: str = ""
-    """Text dataset: a hub name or a local .txt/.jsonl/.csv/.parquet file or saved dataset."""
+    """Text dataset for --model (a hub name or a local .txt/.jsonl/.csv/.parquet file or saved dataset); for
+    --backbone, (text, audio) pairs in the same forms or hf:NAME (empty: the backbone's own corpus)."""
     text_column: str = "text"
     """Column holding the text."""
     layer: int = 0
@@ -152,8 +158,10 @@ class HarvestConfig:
     """Output directory (re-run the same command to resume)."""
 
     def __post_init__(self) -> None:
-        if not self.model or not self.dataset:
-            raise BadInput("--model and --dataset are required")
+        if self.backbone and self.model:
+            raise BadInput("give --model (a text LM) or --backbone (a TTS backbone), not both")
+        if not self.backbone and (not self.model or not self.dataset):
+            raise BadInput("--model and --dataset are required (or --backbone NAME for a TTS backbone)")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise BadInput(f"--dtype must be float32, float16 or bfloat16 (got {self.dtype!r})")
 

@@ -37,6 +37,17 @@ def _builtin() -> None:
     from ttslens.audio.backbones.demo import backbone as _demo  # noqa: F401  (registers "demo")
 
 
+def backbone_spec(backbone: str, model_dir: str = "") -> str:
+    """`--backbone NAME --model-dir DIR` as the one string `load_backbone` reads (NAME:DIR)."""
+    if not model_dir:
+        return backbone
+    if not backbone:
+        raise BadInput(f"--model-dir {model_dir} needs --backbone NAME (see `ttslens backbones`)")
+    if ":" in backbone:
+        raise BadInput(f"--backbone {backbone} already names a directory: drop --model-dir, or give --backbone NAME")
+    return f"{backbone}:{model_dir}"
+
+
 def list_backbones() -> list[dict]:
     """One row per registered backbone: name, what it needs, usable now or why not."""
     _builtin()

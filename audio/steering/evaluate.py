@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ttslens.audio.backbones.registry import backbone_spec
 from ttslens.audio.corpus import backbone_items
 from ttslens.audio.measures import laughter_detector_for, timbre_gender_for
 from ttslens.audio.measures.wer import wer
@@ -61,6 +62,9 @@ class SteerEvalConfig:
     """First seed."""
     backbone: str = ""
     """Backbone (default: the one the SAE was trained on)."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (e.g. the Fun-CosyVoice3-0.5B-2512 files for cosyvoice3); the
+    same as --backbone NAME:DIR."""
     device: str = "cpu"
     """Torch device for the backbone and the SAE(s): cpu, cuda, cuda:N or auto."""
     dtype: str = "float32"
@@ -186,7 +190,8 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
         raise FileClash(f"{out} holds a sweep with other settings: pass another --out or delete it")
     atomic_write_json(out / CONFIG, stamp)
 
-    tts = SteerableTTS.load(cfg.backbone or trained_on or "demo", cfg.sae, device=cfg.device, dtype=cfg.dtype)
+    spec = backbone_spec(cfg.backbone, cfg.model_dir) or trained_on or "demo"
+    tts = SteerableTTS.load(spec, cfg.sae, device=cfg.device, dtype=cfg.dtype)
     target = cfg.steer or cfg.attribute
     tts.resolve({target: 1.0})  # fail early on an unknown target (and resolve presets once)
     with notes.collect() as run_notes:

@@ -72,6 +72,9 @@ class PresetConfig:
     """SAE directory (trained on a TTS backbone with `ttslens train --backbone`)."""
     backbone: str = ""
     """Backbone name or directory (default: the one the SAE was trained on)."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (e.g. the Fun-CosyVoice3-0.5B-2512 files for cosyvoice3); the
+    same as --backbone NAME:DIR."""
     device: str = "cpu"
     """Torch device for the backbone and the SAE(s): cpu, cuda, cuda:N or auto."""
     dtype: str = "float32"
@@ -292,8 +295,10 @@ def resolve_presets(cfg: PresetConfig) -> dict:
 def _probe(cfg: PresetConfig, sae_dir: Path, info: dict, names: list[str]) -> tuple[dict, list[float]]:
     """The probe presets of `names` (one pass over the backbone's corpus)."""
     from ttslens.audio import load_backbone
+    from ttslens.audio.backbones.registry import backbone_spec
 
-    bb = load_backbone(cfg.backbone or info.get("backbone") or "demo", device=cfg.device, dtype=cfg.dtype)
+    spec = backbone_spec(cfg.backbone, cfg.model_dir) or info.get("backbone") or "demo"
+    bb = load_backbone(spec, device=cfg.device, dtype=cfg.dtype)
     (loaded,) = load_steer_saes(sae_dir, bb.d_model, bb.n_layers, f"backbone {bb.name}", str(bb.device))
     check_trained_on(info, bb, sae_dir)
     bar = None

@@ -25,6 +25,9 @@ class TrainConfig:
     """Cached activations instead of a model: a safetensors file or a directory of shards."""
     backbone: str = ""
     """A TTS backbone instead (e.g. demo): teacher-forced over its corpus, with text/speech modality."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (e.g. the Fun-CosyVoice3-0.5B-2512 files for cosyvoice3); the
+    same as --backbone NAME:DIR."""
     corpus: str = ""
     """With --backbone: what to teacher-force (default: the backbone's own corpus; or (text, audio) pairs:
     a .jsonl/.csv/.parquet file, a saved `datasets` directory or hf:NAME, tokenised by the backbone)."""

@@ -226,9 +226,10 @@ def _ready() -> str | None:
         return "transformers is not installed: pip install 'ttslens[cosyvoice3]'"
     try:
         checkpoint.check_dir(checkpoint.resolve_model_dir(None))
-    except Exception as e:  # not downloaded: say how
+    except Exception:  # not downloaded: say how
         return (
-            f"no model directory found ({str(e).split(':')[0]}): pass --model-dir DIR (the {checkpoint.HUB_ID} files)"
+            f"no local copy of {checkpoint.HUB_ID}: pass --model-dir DIR, or set {checkpoint.ALLOW_DOWNLOAD}=1 "
+            "to fetch it"
         )
     return None
 

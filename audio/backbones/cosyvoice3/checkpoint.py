@@ -48,7 +48,7 @@ def resolve_model_dir(where: str | Path | None) -> Path:
     try:
         return Path(snapshot_download(where, local_files_only=os.environ.get(ALLOW_DOWNLOAD) != "1"))
     except Exception as e:  # offline, unknown id, no permission: one line with the fix
-        why = " ".join(str(e).split())[:160]
+        why = " ".join(str(e).split()).split(". ")[0][:100]
         raise MissingFile(
             f"{where} is neither a local directory nor in the hub cache ({why}): download it "
             f"(set {ALLOW_DOWNLOAD}=1, or `huggingface-cli download {where} --local-dir DIR`) and pass --model-dir DIR"
