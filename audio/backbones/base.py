@@ -344,11 +344,12 @@ class TTSBackbone:
         interventions: Sequence[Intervention] = (),
         logits: bool = True,
     ) -> list[TeacherForced]:
-        """One padded forward pass over [prefix, speech tokens] of each (text, tokens[, instruct]) item."""
+        """One padded forward pass over [prefix, speech tokens] of each (text, tokens[, instruct[, prompt]]) item
+        (a voice prompt's speech sits in the prefix, before the tokens)."""
         seqs = []
         for it in items:
-            text, tokens, instruct = (*it, None)[:3]
-            seq = self.append_speech(self.sequence(text, instruct), tokens)
+            text, tokens, instruct, prompt = (*it, None, None)[:4]
+            seq = self.append_speech(self.sequence(text, instruct, prompt), tokens)
             self.check_length(len(seq))
             seqs.append(seq)
         ids, ctx, attn, pos = self.pad(seqs)
@@ -376,9 +377,10 @@ class TTSBackbone:
         instruct: str | None = None,
         layers: Sequence[int] = (),
         interventions: Sequence[Intervention] = (),
+        prompt=None,
     ) -> TeacherForced:
         """One forward pass over [prefix, speech tokens]; residuals at `layers`, speech logits."""
-        return self.teacher_forced_batch([(text, speech_tokens, instruct)], layers, interventions)[0]
+        return self.teacher_forced_batch([(text, speech_tokens, instruct, prompt)], layers, interventions)[0]
 
     def prefill(self, seqs: Sequence[TTSSequence], state: DecodeState, hooks: Hooks) -> None:
         """Run the left-padded prefixes through the model (hooks see every position); fills the state's

@@ -224,3 +224,11 @@ def test_harvest_train_and_label_end_to_end_from_the_command_line(root, tmp_path
     records = [json.loads(line) for line in (sae / "labels" / "labels.jsonl").read_text().splitlines()]
     assert sorted(r["feature"] for r in records) == list(range(6))
     assert main(["train", "--backbone", "cosyvoice3:x", "--model-dir", str(root), "--out", str(tmp_path / "b")]) == 2
+
+
+def test_a_voice_prompt_generates_as_it_teacher_forces(bb):
+    prompt = ("the cat sat", torch.tensor([3, 4, 5, 6]))
+    g = bb.generate(TEXT_, prompt=prompt, seed=1, record=[2])
+    tf = bb.teacher_forced(TEXT_, g.tokens, layers=[2], prompt=prompt)
+    assert torch.equal(tf.sequence.ids, g.sequence.ids) and tf.sequence.prompt.sum() > 4
+    torch.testing.assert_close(g.hidden[2], tf.hidden[2], atol=1e-4, rtol=1e-4)
