@@ -54,6 +54,7 @@ CONFIDENT_AUROC = 0.75  # below this (on the selection examples) a label is mark
 class Hypothesis(NamedTuple):
     kind: (
         str  # token | word | instruct | word_initial | word_final | punct | text_laugh | instruct_word | measure | asr
+        # | none (nothing separates the examples)
     )
     arg: str | tuple[str, ...]
     sign: int
@@ -69,6 +70,8 @@ class Hypothesis(NamedTuple):
         """Predictor value; -inf where the example has no evidence of this side (a text position for an
         audio hypothesis), nan where the evidence is undefined (e.g. no pitch in silence)."""
         k = self.kind
+        if k == "none":
+            return 0.0
         if k == "token":
             return float(ctx["token"] in self.arg)
         if k == "word":
@@ -185,6 +188,9 @@ def choose(hyps: list[Hypothesis], pos, neg, modality: str) -> Choice:
             bonus -= TOKEN_PENALTY
         scored.append((a + bonus, a, h))
     scored.sort(key=lambda s: -s[0])
+    if not scored:  # no hypothesis has an AUROC here (too few or constant examples): say so, unclear
+        side = "speech" if modality == "speech" else "text"
+        return Choice(Hypothesis("none", "", 1, side, "no hypothesis separates its examples"), 0.5, [])
     best = scored[0]
     # near-ties go to an attribute (laughter, gender, rate) over a low-level acoustic cue: laughs are mostly
     # unvoiced and female voices high-pitched, and the attribute is the more useful description

@@ -210,6 +210,11 @@ class TTSBackbone:
         """The residual-stream modules: the output of layers()[i] is the residual after layer i."""
         raise NotImplementedError
 
+    def layer_groups(self) -> dict[str, nn.ModuleList]:
+        """Named module lists a user may hook (`Hooks(group, ...)`): the residual stream first; a backbone
+        with a second transformer (CSM's depth decoder) adds it."""
+        return {"layers": self.layers()}
+
     def decode(self, tokens_TC) -> np.ndarray:
         raise NotImplementedError
 

@@ -34,6 +34,7 @@ def register_backbone(entry: BackboneEntry) -> BackboneEntry:
 def _builtin() -> None:
     """Register the backbones ttslens ships (importing a module twice is free), beside any user's."""
     from ttslens.audio.backbones.cosyvoice3 import backbone as _cosyvoice3  # noqa: F401
+    from ttslens.audio.backbones.csm import backbone as _csm  # noqa: F401
     from ttslens.audio.backbones.demo import backbone as _demo  # noqa: F401  (registers "demo")
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.audio.tiny_cosyvoice3 import SPEECH_TOKENS, write_tiny_cosyvoice3
+from tests.audio.tiny_hf_tts import write_pairs
 from ttslens.audio import Intervention, load_backbone
 from ttslens.audio.backbones.cosyvoice3.backbone import CosyVoice3Backbone, ras_sample
 from ttslens.audio.backbones.cosyvoice3.speech_tokenizer import whisper_log_mel
@@ -184,31 +185,13 @@ def test_bad_input(bb, root, tmp_path):
         CosyVoice3Backbone.load(broken)
 
 
-def _pairs(tmp_path, n: int = 12):
-    """n (text, audio file) pairs in a .jsonl: tones with a little noise, 1-2 s at 16 kHz."""
-    import json
-
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(n):
-        t = np.arange(int(16000 * (1 + i % 3 / 2))) / 16000
-        wave = 0.3 * np.sin(2 * np.pi * (120 + 20 * i) * t) + 0.01 * rng.standard_normal(len(t))
-        sf.write(tmp_path / f"{i}.wav", wave.astype(np.float32), 16000)
-        text = ["the cat sat on the mat.", "hello there [laughter] friend.", "please close the door."][i % 3]
-        lines.append(json.dumps({"text": text, "audio": str(tmp_path / f"{i}.wav")}))
-    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    return tmp_path / "pairs.jsonl"
-
-
 def test_harvest_train_and_label_end_to_end_from_the_command_line(root, tmp_path):
     import json
 
     from ttslens.app.cli import main
     from ttslens.sae.harvest import MANIFEST
 
-    pairs = _pairs(tmp_path)
+    pairs = write_pairs(tmp_path)
     common = ["--backbone", "cosyvoice3", "--model-dir", str(root), "--layer", "1"]
     assert main(["harvest", *common, "--dataset", str(pairs), "--tokens", "600", "--out", str(tmp_path / "a")]) == 0
     manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())

@@ -124,3 +124,14 @@ def test_summary_table_per_modality():
     s = summarise(recs)
     assert s["text"] == {"features": 2, "mean_auroc": 0.8, "median_auroc": 0.8} and s["all"]["features"] == 3
     assert s["mixed"]["mean_auroc"] is None
+
+
+def test_choose_says_unclear_when_no_hypothesis_has_an_auroc():
+    from ttslens.autointerp.labelers import EvidenceLabeler, choose
+
+    ctx = {"modality": "text", "token": "a", "word": "", "instruct": False, "instruct_words": []}
+    ctx |= {"word_initial": False, "word_final": False, "text_laugh": False, "window": "a"}
+    c = choose([], [(ctx, None)], [], "text")
+    assert c.hypothesis.kind == "none" and c.selection_auroc == 0.5
+    out = EvidenceLabeler().label(0, [(ctx, None)], [], "text", asr=False)
+    assert out["label"].startswith("unclear") and not out["confident"]

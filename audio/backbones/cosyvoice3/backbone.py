@@ -77,7 +77,7 @@ class CosyVoice3Backbone(TTSBackbone):
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "float32") -> CosyVoice3Backbone:
-        root = checkpoint.resolve_model_dir(path)
+        root = checkpoint.resolve(path)
         lm = checkpoint.load_lm(root, resolve_device(device), resolve_dtype(dtype))
         tok = text.load_text_tokenizer(root / checkpoint.BLANK_EN)
         if len(tok) > lm.model.model.embed_tokens.num_embeddings:
@@ -225,7 +225,7 @@ def _ready() -> str | None:
     except ImportError:
         return "transformers is not installed: pip install 'ttslens[cosyvoice3]'"
     try:
-        checkpoint.check_dir(checkpoint.resolve_model_dir(None))
+        checkpoint.check_dir(checkpoint.resolve(None))
     except Exception:  # not downloaded: say how
         return (
             f"no local copy of {checkpoint.HUB_ID}: pass --model-dir DIR, or set {checkpoint.ALLOW_DOWNLOAD}=1 "

@@ -11,18 +11,19 @@ decoding and encoding audio need. `llm.pt`'s keys:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from ttslens.sae.errors import BadInput, EnvironmentProblem, MissingFile
+from ttslens.audio.backbones.hub import ALLOW_DOWNLOAD, resolve_model_dir
+from ttslens.sae.errors import BadInput, MissingFile
+
+__all__ = ["ALLOW_DOWNLOAD", "HUB_ID", "CosyVoice3LM", "check_dir", "load_lm", "resolve"]
 
 HUB_ID = "FunAudioLLM/Fun-CosyVoice3-0.5B-2512"
 LLM_FILE, BLANK_EN = "llm.pt", "CosyVoice-BlankEN"
 STOP_ROWS = 200  # speech table rows past the speech ids: specials and stop ids
-ALLOW_DOWNLOAD = "TTSLENS_DOWNLOAD"  # env var: "1" lets a hub id be fetched with huggingface_hub
 
 
 class CosyVoice3LM(NamedTuple):
@@ -32,27 +33,9 @@ class CosyVoice3LM(NamedTuple):
     speech_tokens: int  # S
 
 
-def resolve_model_dir(where: str | Path | None) -> Path:
-    """A local directory, or a hub id fetched through huggingface_hub (its cache first; a download only when
-    TTSLENS_DOWNLOAD=1)."""
-    where = str(where or HUB_ID)
-    p = Path(where).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists() or where.count("/") != 1 or where.startswith((".", "/", "~")):
-        raise MissingFile(f"CosyVoice3 model directory {where} not found: give the directory holding {LLM_FILE}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise EnvironmentProblem("fetching a hub id needs huggingface_hub: pip install huggingface_hub") from None
-    try:
-        return Path(snapshot_download(where, local_files_only=os.environ.get(ALLOW_DOWNLOAD) != "1"))
-    except Exception as e:  # offline, unknown id, no permission: one line with the fix
-        why = " ".join(str(e).split()).split(". ")[0][:100]
-        raise MissingFile(
-            f"{where} is neither a local directory nor in the hub cache ({why}): download it "
-            f"(set {ALLOW_DOWNLOAD}=1, or `huggingface-cli download {where} --local-dir DIR`) and pass --model-dir DIR"
-        ) from None
+def resolve(where: str | Path | None) -> Path:
+    """The model directory: a local one, or the hub id's snapshot (`ttslens.audio.backbones.hub`)."""
+    return resolve_model_dir(where or HUB_ID, "CosyVoice3")
 
 
 def check_dir(root: Path) -> None:
