@@ -168,15 +168,9 @@ def own_audio(item, sample_rate: int) -> np.ndarray | None:
     real (text, audio) pairs is heard as recorded, without the backbone's decoder."""
     if item.audio is None:
         return None
-    wave, sr = item.audio
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
-    if int(sr) != sample_rate:
-        import librosa
+    from ttslens.audio.backbones.base import mono_at
 
-        wave = librosa.resample(wave, orig_sr=int(sr), target_sr=sample_rate)
-    return wave
+    return mono_at(*item.audio, sample_rate)
 
 
 def finite(x) -> float | None:

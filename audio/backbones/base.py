@@ -94,6 +94,35 @@ def scope_mask(
     return m
 
 
+def mono_at(wave, sr: int, rate: int, what: str = "") -> np.ndarray:
+    """Audio as mono float32 at `rate` (channels averaged; resampled, with a note naming `what` when given)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
+    if int(sr) != rate:
+        import librosa
+
+        if what:
+            from ttslens.sae.notes import note
+
+            note(f"the audio is at {sr} Hz: resampled to {rate} Hz for {what}")
+        wave = librosa.resample(wave, orig_sr=int(sr), target_sr=rate)
+    return wave
+
+
+def run_decoder(decoder, embeds_BTD, attention_mask_BT, position_ids_BT, cache=None):
+    """A transformers decoder stack (`Qwen2Model`, `LlamaModel`, CSM's backbone) over input embeddings under a
+    KV cache: (final hidden states, the new cache)."""
+    out = decoder(
+        inputs_embeds=embeds_BTD,
+        attention_mask=attention_mask_BT,
+        position_ids=position_ids_BT,
+        cache=cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state, out.cache
+
+
 @dataclass
 class Intervention:
     """Edit the residual stream after decoder layer `layer` at the positions in scope.

@@ -36,6 +36,7 @@ def _builtin() -> None:
     from ttslens.audio.backbones.cosyvoice3 import backbone as _cosyvoice3  # noqa: F401
     from ttslens.audio.backbones.csm import backbone as _csm  # noqa: F401
     from ttslens.audio.backbones.demo import backbone as _demo  # noqa: F401  (registers "demo")
+    from ttslens.audio.backbones.orpheus import backbone as _orpheus  # noqa: F401
 
 
 def backbone_spec(backbone: str, model_dir: str = "") -> str:

@@ -3,13 +3,11 @@ the same loader as sesame/csm-1b."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from tests.audio.tiny_hf_tts import write_pairs, write_tiny_csm
+from tests.audio.tiny_hf_tts import train_and_label, write_tiny_csm
 from ttslens.audio import Intervention, load_backbone
 from ttslens.audio.backbones.csm.backbone import CSMBackbone
 from ttslens.sae.activations import SPECIAL, SPEECH, TEXT
@@ -111,17 +109,7 @@ def test_mimi_encode_decode_rates(bb):
 
 
 def test_train_and_label_end_to_end(root, tmp_path):
-    from ttslens.app.cli import main
-
-    pairs = write_pairs(tmp_path)
-    sae = tmp_path / "sae"
-    train = ["train", "--backbone", "csm", "--model-dir", str(root), "--corpus", str(pairs), "--layer", "1"]
-    train += ["--latents", "64", "--k", "4", "--tokens", "20000", "--batch-size", "512", "--warmup-steps", "2"]
-    assert main([*train, "--out", str(sae)]) == 0
-    label = ["label", "--sae", str(sae), "--corpus", str(pairs), "--items", "12", "--features", "0:4", "--asr", ""]
-    label += ["--laughter-model", "", "--gender-model", "", "--top", "4", "--quantiles", "3", "--negatives", "4"]
-    assert main([*label, "--pool", "30", "--clips", "1", "--no-progress"]) == 0
-    records = [json.loads(line) for line in (sae / "labels" / "labels.jsonl").read_text().splitlines()]
+    records = train_and_label("csm", root, tmp_path, tokens=20000)  # no decoder: the corpus's own audio
     assert sorted(r["feature"] for r in records) == list(range(4))
 
 

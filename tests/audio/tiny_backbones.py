@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
-from ttslens.audio.backbones.base import DecodeState, TTSBackbone, TTSSequence
+from ttslens.audio.backbones.base import DecodeState, TTSBackbone, TTSSequence, run_decoder
 from ttslens.audio.corpus import CorpusItem, ListCorpus
 from ttslens.sae.activations import SPECIAL, SPEECH, TEXT
 from ttslens.sae.sampling import sample
@@ -54,14 +54,7 @@ class _TinyLlamaTTS(TTSBackbone):
         return self.lm.layers
 
     def forward(self, embeds_BTD, attention_mask_BT, position_ids_BT, cache=None):
-        out = self.lm(
-            inputs_embeds=embeds_BTD,
-            attention_mask=attention_mask_BT,
-            position_ids=position_ids_BT,
-            cache=cache,
-            use_cache=True,
-        )
-        return out.last_hidden_state, out.cache
+        return run_decoder(self.lm, embeds_BTD, attention_mask_BT, position_ids_BT, cache)
 
     def sequence(self, text: str, instruct: str | None = None, prompt=None) -> TTSSequence:
         body = _letters(text)

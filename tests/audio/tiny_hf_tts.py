@@ -69,24 +69,32 @@ def write_tiny_csm(root: Path, codebooks: int = 8, seed: int = 0) -> Path:
     return root
 
 
-def write_tiny_orpheus(root: Path, seed: int = 0) -> Path:
+def write_tiny_orpheus(root: Path, codebook: int = 64, seed: int = 0) -> Path:
+    """Orpheus's layout: a LlamaForCausalLM whose tokenizer ends in `<custom_token_0..>` (specials 1-5, audio
+    from 10: 7 slots of `codebook` codes), and a tiny SNAC in `snac/` (config.json + pytorch_model.bin)."""
     import torch
+    from snac import SNAC
     from transformers import LlamaConfig, LlamaForCausalLM
 
     root.mkdir(parents=True, exist_ok=True)
-    tok = bpe_tokenizer(root, ["<|begin_of_text|>", "<|end_of_text|>"])
-    cfg = json.loads((root / "tokenizer_config.json").read_text())
-    (root / "tokenizer_config.json").write_text(json.dumps(cfg))
-    vocab = 128266 + 7 * 64  # the real id layout: 128256 text ids, 10 specials, then 7 slots of SNAC codes
-    del tok
+    customs = [f"<custom_token_{i}>" for i in range(10 + 7 * codebook)]
+    tok = bpe_tokenizer(root, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
+    tok.add_special_tokens({"additional_special_tokens": customs})
+    tok.save_pretrained(str(root))
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=128000, eos_token_id=128009,
-        tie_word_embeddings=True,
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tok.convert_tokens_to_ids("<|begin_of_text|>"),
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(str(root))
+    LlamaForCausalLM(config).eval().save_pretrained(str(root))
+    snac_cfg = dict(
+        sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=32, decoder_rates=[8, 8, 4, 2],
+        attn_window_size=None, codebook_size=codebook, codebook_dim=4, vq_strides=[4, 2, 1], noise=True, depthwise=True,
+    )  # fmt: skip
+    (root / "snac").mkdir(exist_ok=True)
+    (root / "snac" / "config.json").write_text(json.dumps(snac_cfg))
+    torch.save(SNAC(**snac_cfg).state_dict(), str(root / "snac" / "pytorch_model.bin"))
     return root
 
 
@@ -105,3 +113,19 @@ def write_pairs(tmp_path: Path, n: int = 12) -> Path:
         lines.append(json.dumps({"text": text, "audio": str(tmp_path / f"{i}.wav")}))
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     return tmp_path / "pairs.jsonl"
+
+
+def train_and_label(backbone: str, root: Path, tmp_path: Path, tokens: int = 3000, features: int = 4) -> list[dict]:
+    """`ttslens train` then `ttslens label` on `backbone` at `root` over local (text, audio) pairs, from the
+    command line; the label records."""
+    from ttslens.app.cli import main
+
+    pairs = write_pairs(tmp_path)
+    sae = tmp_path / "sae"
+    train = ["train", "--backbone", backbone, "--model-dir", str(root), "--corpus", str(pairs), "--layer", "1"]
+    train += ["--latents", "64", "--k", "4", "--tokens", str(tokens), "--batch-size", "256", "--warmup-steps", "2"]
+    assert main([*train, "--out", str(sae)]) == 0
+    label = ["label", "--sae", str(sae), "--corpus", str(pairs), "--items", "12", "--features", f"0:{features}"]
+    label += ["--asr", "", "--laughter-model", "", "--gender-model", "", "--top", "4", "--quantiles", "3"]
+    assert main([*label, "--negatives", "4", "--pool", "30", "--clips", "1", "--no-progress"]) == 0
+    return [json.loads(line) for line in (sae / "labels" / "labels.jsonl").read_text().splitlines()]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.backbones.base import DecodeState, TTSBackbone, TTSSequence
+from ttslens.audio.backbones.base import DecodeState, TTSBackbone, TTSSequence, run_decoder
 from ttslens.audio.backbones.cosyvoice3 import checkpoint, text
 from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
 from ttslens.sae.activations import SPECIAL, TEXT
@@ -154,14 +154,8 @@ class CosyVoice3Backbone(TTSBackbone):
         return torch.where(speech[..., None], e_speech, e_text)
 
     def forward(self, embeds_BTD, attention_mask_BT, position_ids_BT, cache=None):
-        out = self.lm.model.model(
-            inputs_embeds=embeds_BTD,
-            attention_mask=attention_mask_BT,  # the full mask at every step (see REFERENCE: a (1, 1) mask is wrong)
-            position_ids=position_ids_BT,
-            cache=cache,
-            use_cache=True,
-        )
-        return out.last_hidden_state, out.cache
+        # the full attention mask at every step (REFERENCE: the official (1, 1) mask breaks transformers 5)
+        return run_decoder(self.lm.model.model, embeds_BTD, attention_mask_BT, position_ids_BT, cache)
 
     def layers(self):
         return self.lm.model.model.layers

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ttslens.audio.backbones.base import mono_at
 from ttslens.sae.errors import BadInput, EnvironmentProblem, MissingFile
-from ttslens.sae.notes import note
 
 ONNX_FILE = "speech_tokenizer_v3.onnx"
 SAMPLE_RATE, N_FFT, HOP, N_MELS = 16000, 400, 160, 128
@@ -29,18 +29,6 @@ def whisper_log_mel(wave_16k: np.ndarray, n_mels: int = N_MELS) -> np.ndarray:
     log = (filters @ power).clamp_min(1e-10).log10()
     log = torch.maximum(log, log.max() - 8.0)
     return ((log + 4.0) / 4.0).numpy().astype(np.float32)
-
-
-def mono_16k(wave: np.ndarray, sr: int, what: str = "the audio") -> np.ndarray:
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
-    if sr != SAMPLE_RATE:
-        import librosa
-
-        note(f"{what} is at {sr} Hz: resampled to {SAMPLE_RATE} Hz for CosyVoice3's speech tokenizer")
-        wave = librosa.resample(wave, orig_sr=sr, target_sr=SAMPLE_RATE)
-    return wave
 
 
 class SpeechTokenizer:
@@ -66,7 +54,7 @@ class SpeechTokenizer:
 
     def encode(self, wave: np.ndarray, sr: int) -> torch.Tensor:
         """Speech tokens [T] (25 Hz) of a waveform."""
-        x = mono_16k(wave, sr)
+        x = mono_at(wave, sr, SAMPLE_RATE, "CosyVoice3's speech tokenizer")
         if len(x) / SAMPLE_RATE > MAX_SECONDS:
             raise BadInput(f"CosyVoice3's speech tokenizer reads at most {MAX_SECONDS:.0f} s of audio: cut the clip")
         if len(x) < N_FFT:

@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.backbones.base import DecodeState, TTSBackbone, TTSSequence
-from ttslens.audio.backbones.hub import resolve_model_dir
+from ttslens.audio.backbones.base import DecodeState, TTSBackbone, TTSSequence, mono_at, run_decoder
+from ttslens.audio.backbones.hub import load_pretrained, resolve_model_dir
 from ttslens.audio.backbones.registry import BackboneEntry, register_backbone
 from ttslens.sae.activations import SPECIAL, TEXT
-from ttslens.sae.devices import resolve_device, resolve_dtype
-from ttslens.sae.errors import BadInput, MissingFile
-from ttslens.sae.notes import note
+from ttslens.sae.errors import BadInput
 from ttslens.sae.sampling import sample
 
 HUB_ID = "sesame/csm-1b"
@@ -57,23 +55,13 @@ class CSMBackbone(TTSBackbone):
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "float32") -> CSMBackbone:
-        from transformers import AutoTokenizer, CsmForConditionalGeneration
+        from transformers import CsmForConditionalGeneration
 
-        root = resolve_model_dir(path or HUB_ID, "CSM")
-        missing = [n for n in ("config.json",) if not (root / n).exists()]
-        if missing or not any(root.glob("*.safetensors")):
-            raise MissingFile(f"CSM model directory {root} lacks {', '.join(missing) or 'its *.safetensors weights'}")
-        try:
-            model = CsmForConditionalGeneration.from_pretrained(
-                str(root), dtype=resolve_dtype(dtype), device_map=str(resolve_device(device))
-            )
-        except (OSError, ValueError, RuntimeError) as e:
-            raise BadInput(f"cannot load CSM from {root}: {' '.join(str(e).split())[:200]}") from None
-        tok = AutoTokenizer.from_pretrained(str(root))
+        model, tok, root = load_pretrained(CsmForConditionalGeneration, path or HUB_ID, "CSM", device, dtype)
         for t in (BOT, EOT):
             if t not in tok.get_vocab():
                 raise BadInput(f"the tokenizer in {root} has no {t}: it is not CSM's (Llama-3) tokenizer")
-        return cls(model.eval().requires_grad_(False), tok, root)
+        return cls(model, tok, root)
 
     def layer_groups(self) -> dict:
         return {"backbone": self.layers(), "depth": self.model.depth_decoder.model.layers}
@@ -122,14 +110,7 @@ class CSMBackbone(TTSBackbone):
         return torch.where(audio[..., None], self.model.backbone_model.embed_tokens(frames), text)
 
     def forward(self, embeds_BTD, attention_mask_BT, position_ids_BT, cache=None):
-        out = self.model.backbone_model(
-            inputs_embeds=embeds_BTD,
-            attention_mask=attention_mask_BT,
-            position_ids=position_ids_BT,
-            cache=cache,
-            use_cache=True,
-        )
-        return out.last_hidden_state, out.cache
+        return run_decoder(self.model.backbone_model, embeds_BTD, attention_mask_BT, position_ids_BT, cache)
 
     def layers(self):
         return self.model.backbone_model.layers
@@ -201,14 +182,7 @@ class CSMBackbone(TTSBackbone):
         return out.audio_values.float().cpu().numpy().reshape(-1)
 
     def encode_audio(self, wave: np.ndarray, sr: int) -> torch.Tensor:
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim == 2:
-            wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
-        if sr != self.sample_rate:
-            import librosa
-
-            note(f"the audio is at {sr} Hz: resampled to {self.sample_rate} Hz for Mimi")
-            wave = librosa.resample(wave, orig_sr=sr, target_sr=self.sample_rate)
+        wave = mono_at(wave, sr, self.sample_rate, "Mimi")
         codec = self.model.codec_model
         x = torch.from_numpy(wave)[None, None].to(self.device, codec.dtype)
         with torch.no_grad():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.backbones.base import DecodeState, TeacherForced, TTSBackbone, TTSSequence
+from ttslens.audio.backbones.base import DecodeState, TeacherForced, TTSBackbone, TTSSequence, mono_at, run_decoder
 from ttslens.audio.backbones.demo.lm import (
     FIRST,
     NEXT,
@@ -210,14 +210,7 @@ class DemoBackbone(TTSBackbone):
         return embed_frames(self.model, ids_BTC, modality_BT == SPEECH)
 
     def forward(self, embeds_BTD, attention_mask_BT, position_ids_BT, cache=None):
-        out = self.model.model(
-            inputs_embeds=embeds_BTD,
-            attention_mask=attention_mask_BT,
-            position_ids=position_ids_BT,
-            cache=cache,
-            use_cache=True,
-        )
-        return out.last_hidden_state, out.cache
+        return run_decoder(self.model.model, embeds_BTD, attention_mask_BT, position_ids_BT, cache)
 
     def speech_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The decision logits: stay on the phoneme, next phoneme, stop (the last column)."""
@@ -316,13 +309,7 @@ class DemoBackbone(TTSBackbone):
     def encode_audio(self, wave: np.ndarray, sr: int) -> torch.Tensor:
         """The demo's frames [T, C] of a waveform (resampled to the codec's rate when needed): the codec's codes
         after two `<unk>` phoneme columns (a WAV's phoneme timing is unknown)."""
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim == 2:
-            wave = wave.mean(axis=1 if wave.shape[1] <= 8 else 0)
-        if sr != self.sample_rate:
-            import librosa
-
-            wave = librosa.resample(wave, orig_sr=sr, target_sr=self.sample_rate)
+        wave = mono_at(wave, sr, self.sample_rate)
         codes = torch.as_tensor(self.codec.encode(wave), dtype=torch.long)
         unk = torch.full((len(codes), PHONE_COLUMNS), UNK_ID, dtype=torch.long)
         return torch.cat([unk, codes], dim=1)
