@@ -67,6 +67,16 @@ def with_tokens(item: CorpusItem, backbone) -> CorpusItem:
     return item._replace(tokens=backbone.encode_audio(np.asarray(wave, dtype=np.float32), int(sr)))
 
 
+def item_audio(item: CorpusItem, sample_rate: int) -> np.ndarray | None:
+    """An item's recording at `sample_rate` (mono float32), or None for an item with tokens only: a corpus of
+    real (text, audio) pairs is heard as recorded, without the backbone's decoder."""
+    if item.audio is None:
+        return None
+    from ttslens.audio.backbones.base import mono_at
+
+    return mono_at(*item.audio, sample_rate)
+
+
 class AudioTextCorpus(Corpus):
     """A `datasets` dataset of (text, audio) pairs; every `heldout_every`-th item is held out."""
 

@@ -11,6 +11,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ttslens.audio.corpus import item_audio
 from ttslens.audio.measures.clips import Tracks, analyse, clip_measures, cut_clip
 from ttslens.autointerp.collect import Collection
 from ttslens.sae.activations import MODALITIES, SPEECH, TEXT
@@ -125,7 +126,7 @@ class Evidence:
     # ---- audio side --------------------------------------------------------------------------
     def wave(self, j: int) -> np.ndarray:
         if j not in self._waves:
-            self._waves[j] = own_audio(self.items[j], self.bb.sample_rate)
+            self._waves[j] = item_audio(self.items[j], self.bb.sample_rate)
             if self._waves[j] is None:
                 self._waves[j] = self.bb.decode(self.items[j].tokens)
             if len(self._waves) > 64:
@@ -161,16 +162,6 @@ class Evidence:
             for k, extra in zip(todo, self.models.measure(clips, self.bb.sample_rate), strict=True):
                 self._clips[k] |= extra
         return [dict(self._clips[k]) if k else None for k in keys]
-
-
-def own_audio(item, sample_rate: int) -> np.ndarray | None:
-    """An item's recording at `sample_rate` (mono float32), or None for an item with tokens only: a corpus of
-    real (text, audio) pairs is heard as recorded, without the backbone's decoder."""
-    if item.audio is None:
-        return None
-    from ttslens.audio.backbones.base import mono_at
-
-    return mono_at(*item.audio, sample_rate)
 
 
 def finite(x) -> float | None:

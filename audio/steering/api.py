@@ -110,6 +110,8 @@ class SteerableTTS(SAESteerer):
             raise BadInput(f"preset {r.target} takes a strength only (e.g. {r.target}=2), not :{r.op}")
         s = self.sae_at(r.layer)
         preset = self.presets(s)["presets"][r.target]
+        if preset.get("skipped"):
+            raise BadInput(f"no {r.target} preset for this SAE ({preset['skipped']}): steer a feature id or label")
         return [
             ResolvedEdit(s.layer, FeatureEdit(f, "add", a, z), f"preset {r.target}", self.label(s, f))
             for f, a, z in preset_edits(preset, r.alpha)

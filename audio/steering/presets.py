@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.corpus import backbone_items
+from ttslens.audio.corpus import item_audio, load_corpus, with_tokens
 from ttslens.audio.measures import laughter_detector_for
 from ttslens.sae.activations import SPEECH
 from ttslens.sae.errors import BadInput, MissingFile
@@ -85,6 +85,9 @@ class PresetConfig:
     """A labels.jsonl from `ttslens label` (default: SAE_DIR/labels/labels.jsonl)."""
     features: int = 3
     """Features per preset side (plus / minus)."""
+    corpus: str = ""
+    """What the probes read: empty = the backbone's own corpus; or (text, audio) pairs (a .jsonl/.csv/.parquet
+    file, a saved `datasets` directory or hf:NAME), labelled by what the audio measures hear in their audio."""
     items: int = 800
     """Corpus utterances the probes read."""
     seed: int = 0
@@ -132,10 +135,11 @@ def _labels_of(item, tf_seq, bb) -> dict[str, np.ndarray]:
     n = len(times)
     if "gender" in truth and "rate_wpm" in truth and "laughter" in truth:
         male, wpm, spans = float(truth["gender"] == "male"), float(truth["rate_wpm"]), truth["laughter"]
-    else:  # no truth: what the audio measures hear
+    else:  # no truth: what the audio measures hear in its recording (or, for tokens only, the decoded audio)
         from ttslens.audio.measures.signal import measure
 
-        wave = bb.decode(item.tokens)
+        wave = item_audio(item, bb.sample_rate)
+        wave = bb.decode(item.tokens) if wave is None else wave
         m = measure(wave, bb.sample_rate, laughter_detector_for(bb))
         male = float(m.p_male > 0.5) if m.p_male == m.p_male else math.nan
         wpm = 60 * m.syllables_per_s / 1.4 if m.syllables_per_s == m.syllables_per_s else math.nan
@@ -147,17 +151,26 @@ def _labels_of(item, tf_seq, bb) -> dict[str, np.ndarray]:
 
 
 def probe_presets(
-    bb, sae, layer: int, items: int = 800, n_features: int = 3, seed: int = 0, progress=None, names=tuple(PRESETS)
+    bb,
+    sae,
+    layer: int,
+    items: int = 800,
+    n_features: int = 3,
+    seed: int = 0,
+    progress=None,
+    names=tuple(PRESETS),
+    corpus: str = "",
 ) -> tuple[dict, list[float]]:
     """One L1 logistic-regression probe per attribute (of `names`) on SAE latents at speech positions →
-    (presets, every feature's mean activation when active)."""
+    (presets, every feature's mean activation when active). `corpus`: see `PresetConfig.corpus`."""
     from scipy import sparse
 
-    corpus = backbone_items(bb, "train")
-    if not corpus:
-        raise BadInput(f"backbone {bb.name} has no corpus to fit probes on: use --source labels")
+    data = load_corpus(corpus or None, backbone=bb).items("train")
+    if not data:
+        raise BadInput(f"backbone {bb.name} has no corpus to fit probes on: give --corpus or use --source labels")
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(corpus), size=min(items, len(corpus)), replace=False)
+    pick = rng.choice(len(data), size=min(items, len(data)), replace=False)
+    corpus = {int(i): with_tokens(data[int(i)], bb) for i in pick}
     rows, cols, vals, labels = [], [], [], {k: [] for k in PRESETS}
     F = sae.cfg.d_sae
     act_sum, act_n, n_rows = np.zeros(F), np.zeros(F), 0
@@ -189,8 +202,11 @@ def probe_presets(
             keep &= (y <= lo) | (y >= hi)
             y = (y >= hi).astype(np.float32)
         X, t = Zs[keep], y[keep]
-        if len(np.unique(t)) < 2:
-            raise BadInput(f"the probe for {name} has only one class in {items} utterances: raise --items")
+        if len(np.unique(t)) < 2:  # e.g. no laughter in a read-speech corpus: the other presets still stand
+            why = f"the probe for {name} has only one class in {len(corpus)} utterances"
+            note(f"{why}: no {name} preset (raise --items, or give a --corpus where {name} varies)")
+            out[name] = {"plus": [], "minus": [], "positions": int(keep.sum()), "source": "probe", "skipped": why}
+            continue
         clf = l1_logistic(C=0.05, solver="liblinear", max_iter=500, class_weight="balanced")
         clf.fit(X, t)
         coef = clf.coef_[0]
@@ -259,7 +275,8 @@ def resolve_presets(cfg: PresetConfig) -> dict:
         raise BadInput(f"unknown preset source {cfg.source!r}: use {', '.join(SOURCES)}")
     info = sae_info(sae_dir)
     saved = read_presets(sae_dir)
-    if saved and not cfg.force and cfg.source in ("auto", saved.get("source")):
+    same_corpus = saved is not None and saved.get("config", {}).get("corpus", "") == cfg.corpus
+    if saved and same_corpus and not cfg.force and cfg.source in ("auto", saved.get("source")):
         return saved
     labels = Path(cfg.labels) if cfg.labels else sae_dir / "labels" / "labels.jsonl"
     if cfg.source == "labels" and not labels.exists():
@@ -285,7 +302,7 @@ def resolve_presets(cfg: PresetConfig) -> dict:
         "weights": weights_digest(sae_dir),
         "meaning": PRESETS,
         "presets": presets,
-        "config": {"features": cfg.features, "items": cfg.items, "seed": cfg.seed}
+        "config": {"features": cfg.features, "items": cfg.items, "seed": cfg.seed, "corpus": cfg.corpus}
         | ({"labels": str(labels)} if "labels" in used else {}),
     } | ({"mean_act": mean_act} if mean_act else {})
     atomic_write_json(sae_dir / FILE, saved)
@@ -309,7 +326,9 @@ def _probe(cfg: PresetConfig, sae_dir: Path, info: dict, names: list[str]) -> tu
             return tqdm(it, desc="probe pass", unit="utt", leave=False)
 
     with torch.no_grad():
-        return probe_presets(bb, loaded.sae, loaded.layer, cfg.items, cfg.features, cfg.seed, bar, tuple(names))
+        return probe_presets(
+            bb, loaded.sae, loaded.layer, cfg.items, cfg.features, cfg.seed, bar, tuple(names), cfg.corpus
+        )
 
 
 def run_presets(cfg: PresetConfig) -> dict:

@@ -3,6 +3,8 @@ the same loader as sesame/csm-1b."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -109,8 +111,16 @@ def test_mimi_encode_decode_rates(bb):
 
 
 def test_train_and_label_end_to_end(root, tmp_path):
-    records = train_and_label("csm", root, tmp_path, tokens=20000)  # no decoder: the corpus's own audio
+    from ttslens.app.cli import main
+
+    records, sae, pairs = train_and_label("csm", root, tmp_path, tokens=20000)  # clips: the corpus's own audio
     assert sorted(r["feature"] for r in records) == list(range(4))
+    # truth-free presets: probes on what the audio measures hear in the pairs' own audio (tones of 120-340 Hz)
+    presets = ["presets", "--sae", str(sae), "--corpus", str(pairs), "--source", "probe", "--items", "12"]
+    assert main([*presets, "--no-progress"]) == 0
+    saved = json.loads((sae / "presets.json").read_text())
+    assert saved["config"]["corpus"] == str(pairs) and saved["presets"]["gender"]["positions"] > 100
+    assert saved["presets"]["laughter"].get("skipped")  # no laughter in tones: said, not invented
 
 
 def test_bad_input(bb, tmp_path):

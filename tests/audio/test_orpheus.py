@@ -108,7 +108,7 @@ def test_snac_frames_round_trip_in_orpheus_order(bb):
 
 
 def test_train_and_label_end_to_end(root, tmp_path):
-    records = train_and_label("orpheus", root, tmp_path, tokens=3000)  # no decoder: the corpus's own audio
+    records, _, _ = train_and_label("orpheus", root, tmp_path, tokens=3000)  # no decoder: the corpus's own audio
     assert sorted(r["feature"] for r in records) == list(range(4))
 
 

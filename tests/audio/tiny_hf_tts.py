@@ -115,9 +115,9 @@ def write_pairs(tmp_path: Path, n: int = 12) -> Path:
     return tmp_path / "pairs.jsonl"
 
 
-def train_and_label(backbone: str, root: Path, tmp_path: Path, tokens: int = 3000, features: int = 4) -> list[dict]:
+def train_and_label(backbone: str, root: Path, tmp_path: Path, tokens: int = 3000, features: int = 4):
     """`ttslens train` then `ttslens label` on `backbone` at `root` over local (text, audio) pairs, from the
-    command line; the label records."""
+    command line: (the label records, the SAE directory, the pairs file)."""
     from ttslens.app.cli import main
 
     pairs = write_pairs(tmp_path)
@@ -128,4 +128,5 @@ def train_and_label(backbone: str, root: Path, tmp_path: Path, tokens: int = 300
     label = ["label", "--sae", str(sae), "--corpus", str(pairs), "--items", "12", "--features", f"0:{features}"]
     label += ["--asr", "", "--laughter-model", "", "--gender-model", "", "--top", "4", "--quantiles", "3"]
     assert main([*label, "--negatives", "4", "--pool", "30", "--clips", "1", "--no-progress"]) == 0
-    return [json.loads(line) for line in (sae / "labels" / "labels.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (sae / "labels" / "labels.jsonl").read_text().splitlines()]
+    return records, sae, pairs
