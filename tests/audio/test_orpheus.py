@@ -124,3 +124,26 @@ def test_bad_input(bb, root, tmp_path):
     (broken / "snac" / "pytorch_model.bin").unlink()
     with pytest.raises(MissingFile, match="lacks pytorch_model.bin"):
         OrpheusBackbone.load(broken).decode(torch.zeros((7, 1), dtype=torch.long))
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_and_a_missing_snac(root, tmp_path, monkeypatch):
+    import builtins
+
+    from ttslens.sae.errors import EnvironmentProblem
+
+    odd = tmp_path / "odd"
+    shutil.copytree(root, odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps(cfg | {"intermediate_size": cfg["intermediate_size"] + 16}))
+    with pytest.raises(BadInput, match="cannot load Orpheus"):
+        OrpheusBackbone.load(odd)
+    real_import = builtins.__import__
+
+    def no_snac(name, *args, **kwargs):
+        if name == "snac":
+            raise ImportError("No module named 'snac'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_snac)
+    with pytest.raises(EnvironmentProblem, match=r"pip install 'ttslens\[orpheus\]'"):
+        OrpheusBackbone.load(root).decode(torch.zeros((7, 1), dtype=torch.long))
