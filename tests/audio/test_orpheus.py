@@ -3,6 +3,7 @@ loaded by the same loader as canopylabs/orpheus-3b-0.1-ft."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
