@@ -23,7 +23,7 @@ def _commands():
         run_quickstart,
         run_synthesize,
     )
-    from ttslens.audio.harvest import run_harvest, train_sae
+    from ttslens.audio.harvest import run_harvest, run_match, train_sae
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, run_presets
     from ttslens.audio.voices import VoicesConfig, run_voices
@@ -35,6 +35,7 @@ def _commands():
         run_eval,
         run_text_quickstart,
     )
+    from ttslens.sae.match import MatchConfig
     from ttslens.sae.training import TrainConfig
 
     def do_train(cfg):
@@ -49,6 +50,7 @@ def _commands():
             lambda c: {"out": str(run_harvest(c))},
             "cache a layer's activations (text LM or TTS backbone)",
         ),
+        "match": (MatchConfig, run_match, "match SAE features across layers (SAE Match) and measure layer skipping"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),
         "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),

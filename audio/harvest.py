@@ -18,7 +18,8 @@ from ttslens.sae.activations import Block
 from ttslens.sae.errors import BadInput
 from ttslens.sae.hooks import check_layer, hook_name
 
-__all__ = ["BackboneActivations", "CorpusItem", "backbone_sources", "speech_ce", "train_sae"]
+__all__ = ["BackboneActivations", "BackboneEvaluator", "CorpusItem", "backbone_sources", "run_match", "speech_ce"]
+__all__ += ["train_sae"]
 
 
 class BackboneActivations:
@@ -100,18 +101,66 @@ def speech_ce(backbone: TTSBackbone, sae, layer: int, items: list[CorpusItem]) -
     (`ttslens.sae.metrics.ce_recovered_with`)."""
     from ttslens.sae.metrics import ce_recovered_with
 
-    items = [with_tokens(it, backbone) for it in items]
-    sae_dev = sae.to(backbone.device)
+    return ce_recovered_with(BackboneEvaluator(backbone, items).ce, sae.to(backbone.device), layer)
 
-    def ce(edits) -> float:
+
+class BackboneEvaluator:
+    """A TTS backbone on corpus items: residuals after layers (every position) and the speech-token CE
+    (`speech_nll`, the stop included) under hook edits — what `ttslens.sae.match` measures layer skipping on."""
+
+    def __init__(self, backbone: TTSBackbone, items: list[CorpusItem]) -> None:
+        self.bb, self.items = backbone, [with_tokens(it, backbone) for it in items]
+
+    @torch.no_grad()
+    def acts(self, layers) -> dict[int, torch.Tensor]:
+        out: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+        for k in range(0, len(self.items), 8):
+            chunk = [(it.text, it.tokens, it.instruct) for it in self.items[k : k + 8]]
+            for tf in self.bb.teacher_forced_batch(chunk, layers=list(layers), logits=False):
+                for i in layers:
+                    out[i].append(tf.hidden[i])
+        return {i: torch.cat(v) for i, v in out.items()}
+
+    @torch.no_grad()
+    def ce(self, edits) -> float:
         total, n = 0.0, 0
-        for it in items:
-            tf = backbone.teacher_forced(it.text, it.tokens, it.instruct, interventions=edits)
-            s, c = backbone.speech_nll(tf, backbone.as_tokens(it.tokens))
+        for it in self.items:
+            tf = self.bb.teacher_forced(it.text, it.tokens, it.instruct, interventions=edits)
+            s, c = self.bb.speech_nll(tf, self.bb.as_tokens(it.tokens))
             total, n = total + s, n + c
         return total / n
 
-    return ce_recovered_with(ce, sae_dev, layer)
+
+def run_match(cfg):
+    """`ttslens match`: `ttslens.sae.match.run_match`, evaluated on the SAEs' TTS backbone (its held-out
+    corpus items) or their text LM (its dataset), whichever they were trained on."""
+    from ttslens.audio.backbones.registry import backbone_spec, load_backbone
+    from ttslens.sae import match
+
+    _, _, infos = match.load_chain(cfg.sae)
+    evaluator = None
+    if cfg.items:
+        spec = backbone_spec(cfg.backbone, cfg.model_dir) or infos[0].get("backbone")
+        model_id = infos[0].get("model_name") or infos[0].get("train", {}).get("model")
+        if spec:
+            bb = load_backbone(spec, device=cfg.device, dtype=cfg.dtype)
+            items = load_corpus(None, backbone=bb).items("heldout")[: cfg.items]
+            evaluator = BackboneEvaluator(bb, items)
+        elif model_id and not str(model_id).startswith("ttslens/"):
+            from ttslens.sae.lm.harvest import load_model, load_text_dataset
+            from ttslens.sae.metrics import TextLMEvaluator
+
+            train = infos[0].get("train", {})
+            model, tok = load_model(model_id, cfg.device, cfg.dtype)
+            ds = load_text_dataset(train.get("dataset", ""), text_column=train.get("text_column", "text"))
+            texts = [t for t in ds[: cfg.items][train.get("text_column", "text")] if t and t.strip()]
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=train.get("context", 256))
+            evaluator = TextLMEvaluator(
+                model, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
+            )
+    return match.run_match(cfg, evaluator)
 
 
 def run_harvest(cfg):

@@ -102,13 +102,30 @@ def ce_recovered(
     attention_mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """`ce_recovered_with` for a Hugging Face causal LM's next-token CE (padding excluded)."""
-    from ttslens.sae.hooks import Hooks, residual_layers
+    return ce_recovered_with(TextLMEvaluator(model, input_ids, attention_mask).ce, sae, layer)
 
-    layers = residual_layers(model)
-    labels = input_ids.masked_fill(attention_mask == 0, -100) if attention_mask is not None else input_ids
 
-    def ce(edits) -> float:
-        with Hooks(layers, edits=edits):
-            return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
+class TextLMEvaluator:
+    """A causal LM on one padded batch: residuals after layers (padding dropped) and next-token CE under
+    hook edits (`ttslens.sae.hooks`)."""
 
-    return ce_recovered_with(ce, sae, layer)
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        self.model, self.ids = model, input_ids
+        self.mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        self.labels = input_ids.masked_fill(self.mask == 0, -100)
+
+    @torch.no_grad()
+    def acts(self, layers) -> dict[int, torch.Tensor]:
+        from ttslens.sae.hooks import Hooks, residual_layers
+
+        hooks = Hooks(residual_layers(self.model), record=list(layers), stop_after=max(layers))
+        hooks.run(lambda: self.model(input_ids=self.ids, attention_mask=self.mask))
+        keep = self.mask.bool()
+        return {i: v[keep.to(v.device)].float().cpu() for i, v in hooks.hidden().items()}
+
+    @torch.no_grad()
+    def ce(self, edits) -> float:
+        from ttslens.sae.hooks import Hooks, residual_layers
+
+        with Hooks(residual_layers(self.model), edits=edits):
+            return self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.labels).loss.item()
