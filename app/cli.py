@@ -35,6 +35,7 @@ def _commands():
         run_eval,
         run_text_quickstart,
     )
+    from ttslens.sae.flow import FlowConfig, run_flow
     from ttslens.sae.match import MatchConfig
     from ttslens.sae.training import TrainConfig
 
@@ -51,6 +52,7 @@ def _commands():
             "cache a layer's activations (text LM or TTS backbone)",
         ),
         "match": (MatchConfig, run_match, "match SAE features across layers (SAE Match) and measure layer skipping"),
+        "flow": (FlowConfig, run_flow, "trace a feature through layers: its residual / MLP / attention sources"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),
         "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),
@@ -88,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and argv is None:
+        # a torchrun process whose work is done and saved: leave without the C++ static destructors, where
+        # gloo's background threads have aborted finished runs (SIGABRT) under load
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     name = f"{args.command} {args.subcommand}" if getattr(args, "subcommand", None) else args.command
     cls, fn, _ = _commands()[name]

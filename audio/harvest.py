@@ -25,11 +25,14 @@ __all__ += ["train_sae"]
 class BackboneActivations:
     """Teacher-forced activations after `layer`, corpus item by item (cycling), `batch` items per pass."""
 
-    def __init__(self, backbone: TTSBackbone, items: list[CorpusItem], layer: int, batch: int = 8) -> None:
+    def __init__(
+        self, backbone: TTSBackbone, items: list[CorpusItem], layer: int, batch: int = 8, hook: str = "resid"
+    ) -> None:
         check_layer(layer, backbone.n_layers)
         if not items:
             raise BadInput("the corpus is empty")
         self.backbone, self.items, self.layer, self.d, self.batch = backbone, items, layer, backbone.d_model, batch
+        self.hook = hook
 
     def start_state(self, rank: int = 0, world: int = 1) -> dict:
         return {"item": rank, "stride": world}
@@ -45,7 +48,7 @@ class BackboneActivations:
         """Activations [N, d] and per-row metadata of several corpus items (one padded pass)."""
         its = [self.item(i) for i in indices]
         tfs = self.backbone.teacher_forced_batch(
-            [(it.text, it.tokens, it.instruct) for it in its], layers=[self.layer], logits=False
+            [(it.text, it.tokens, it.instruct) for it in its], layers=[self.layer], logits=False, hook=self.hook
         )
         out = []
         for index, tf in zip(indices, tfs, strict=True):
@@ -76,7 +79,9 @@ class BackboneActivations:
         return Block(torch.cat(acts), meta, {"item": i, "stride": state["stride"]})
 
 
-def backbone_sources(name: str, layer: int, corpus: str | None = None, device: str = "cpu", dtype: str = "float32"):
+def backbone_sources(
+    name: str, layer: int, corpus: str | None = None, device: str = "cpu", dtype: str = "float32", hook: str = "resid"
+):
     """(train source, held-out source, metadata) for `ttslens.sae.training.train`."""
     from ttslens.audio.backbones.registry import load_backbone
 
@@ -87,11 +92,11 @@ def backbone_sources(name: str, layer: int, corpus: str | None = None, device: s
         "model_name": f"ttslens/{bb.name}" if name == bb.name else name,
         "backbone": name,
         "layer": layer,
-        "hook_name": hook_name(layer),
+        "hook_name": hook_name(layer, hook),
         "dataset_path": f"{corpus or name} corpus (teacher-forced)",
     }
-    src = BackboneActivations(bb, train_items, layer)
-    return src, BackboneActivations(bb, held or train_items, layer), info
+    src = BackboneActivations(bb, train_items, layer, hook=hook)
+    return src, BackboneActivations(bb, held or train_items, layer, hook=hook), info
 
 
 @torch.no_grad()
@@ -173,7 +178,7 @@ def run_harvest(cfg):
     if not cfg.backbone:
         return commands.run_harvest(cfg)
     spec = backbone_spec(cfg.backbone, cfg.model_dir)
-    src, _, info = backbone_sources(spec, cfg.layer, cfg.dataset or None, cfg.device, cfg.model_dtype)
+    src, _, info = backbone_sources(spec, cfg.layer, cfg.dataset or None, cfg.device, cfg.model_dtype, cfg.hook)
     src.batch = cfg.model_batch
     meta = {"backbone": spec, "layer": cfg.layer, "dataset": cfg.dataset or "default", "dtype": cfg.dtype}
     with torch.no_grad():
@@ -192,13 +197,12 @@ def train_sae(cfg, progress: bool = True):
     spec = backbone_spec(cfg.backbone, cfg.model_dir)
     if progress:
         print(f"loading backbone {spec} and its corpus ...", file=sys.stderr, flush=True)
-    src, held, info = backbone_sources(
-        spec,
-        cfg.layer,
-        cfg.corpus or None,
-        cfg.device,
-        cfg.model_dtype,
-    )
+    src, held, info = backbone_sources(spec, cfg.layer, cfg.corpus or None, cfg.device, cfg.model_dtype, cfg.hook)
     res = train(cfg, source=(src, held, info), progress=progress)
-    res.metrics["speech_ce"] = speech_ce(held.backbone, res.sae, cfg.layer, held.items[:32])
+    if cfg.hook == "resid":  # the CE with the reconstruction spliced into the residual stream
+        res.metrics["speech_ce"] = speech_ce(held.backbone, res.sae, cfg.layer, held.items[:32])
+    else:
+        from ttslens.sae.notes import note
+
+        note(f"speech CE with the SAE spliced in is measured for residual SAEs only (this one reads {cfg.hook})")
     return res

@@ -11,6 +11,7 @@ import torch
 from ttslens.sae.activations import BatchStream, CachedActivations, take_tokens
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_write_json, load_sae, read_cfg, sae_info
+from ttslens.sae.hooks import hook_name
 from ttslens.sae.metrics import ce_recovered, evaluate
 
 
@@ -140,6 +141,8 @@ class HarvestConfig:
     """Column holding the text."""
     layer: int = 0
     """Decoder layer whose output is cached."""
+    hook: str = "resid"
+    """What of that layer: resid (the residual stream after it), mlp or attn (its MLP / attention output)."""
     tokens: int = 1_000_000
     """Rows (token positions) to write."""
     context: int = 256
@@ -172,10 +175,13 @@ def run_harvest(cfg: HarvestConfig) -> Path:
 
     model, tok = load_model(cfg.model, cfg.device, cfg.model_dtype)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
-    src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
+    src = ModelActivations(
+        model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device, cfg.hook
+    )
     meta = {
         "model": cfg.model,
         "layer": cfg.layer,
+        "hook_name": hook_name(cfg.layer, cfg.hook),
         "dataset": cfg.dataset,
         "text_column": cfg.text_column,
         "context": cfg.context,

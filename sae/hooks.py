@@ -67,9 +67,38 @@ def check_layer(layer: int, n_layers: int) -> None:
         raise BadInput(f"layer {layer} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
 
 
-def hook_name(layer: int) -> str:
-    """The one `hook_name` convention: the residual stream after decoder layer `layer`."""
-    return f"layers.{layer}"
+HOOKS = ("resid", "mlp", "attn")  # the residual stream after a layer, a layer's MLP output, its attention output
+_SUBMODULE = {"mlp": ("mlp",), "attn": ("self_attn", "attn", "attention")}
+
+
+def hook_name(layer: int, hook: str = "resid") -> str:
+    """The one `hook_name` convention: `layers.L` (the residual stream after decoder layer L), `layers.L.mlp`,
+    `layers.L.attn` (that layer's MLP / attention output, before it is added to the residual)."""
+    check_hook(hook)
+    return f"layers.{layer}" if hook == "resid" else f"layers.{layer}.{hook}"
+
+
+def hook_of(name: str | None) -> str:
+    """The hook kind of a `hook_name` (resid when absent)."""
+    tail = (name or "").rsplit(".", 1)[-1]
+    return tail if tail in HOOKS else "resid"
+
+
+def check_hook(hook: str) -> None:
+    if hook not in HOOKS:
+        raise BadInput(f"unknown --hook {hook!r}: use one of {', '.join(HOOKS)}")
+
+
+def hook_modules(layers: nn.ModuleList, hook: str = "resid") -> nn.ModuleList:
+    """The modules whose outputs `hook` reads, one per layer: the layers themselves, or each layer's MLP /
+    attention block (Llama, Qwen2, CSM: `.mlp`, `.self_attn`; GPT-2: `.mlp`, `.attn`)."""
+    check_hook(hook)
+    if hook == "resid":
+        return layers
+    for attr in _SUBMODULE[hook]:
+        if all(isinstance(getattr(m, attr, None), nn.Module) for m in layers):
+            return nn.ModuleList(getattr(m, attr) for m in layers)
+    raise BadInput(f"the decoder layers ({type(layers[0]).__name__}) have no {hook} block to hook: use --hook resid")
 
 
 def residual_layers(model: nn.Module) -> nn.ModuleList:
@@ -180,9 +209,10 @@ class Hooks:
 
 
 @torch.no_grad()
-def layer_output(model: nn.Module, layer: int, **inputs) -> torch.Tensor:
-    """Residual stream after decoder layer `layer` of a causal LM ([B, T, d]); stops the forward there."""
-    hooks = Hooks(residual_layers(model), record=[layer], stop_after=layer)
+def layer_output(model: nn.Module, layer: int, hook: str = "resid", **inputs) -> torch.Tensor:
+    """Residual stream after decoder layer `layer` of a causal LM ([B, T, d]), or that layer's MLP / attention
+    output (`hook`); stops the forward there."""
+    hooks = Hooks(hook_modules(residual_layers(model), hook), record=[layer], stop_after=layer)
     hooks.run(lambda: model(**inputs))
     return hooks.hidden()[layer]
 

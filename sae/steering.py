@@ -32,6 +32,7 @@ import torch
 from ttslens.sae.base import SAE
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import load_sae, sae_info
+from ttslens.sae.hooks import hook_of
 from ttslens.sae.notes import note  # noqa: F401  (re-exported: steering's notes are the one notes mechanism)
 
 OPS = ("add", "clamp", "ablate", "direction")
@@ -227,6 +228,8 @@ def load_steer_saes(dirs, width: int, n_layers: int, model: str, device: str = "
         info = sae_info(d)
         if info.get("layer") is None:
             raise BadInput(f"SAE {d} records no layer (ttslens.layer in cfg.json): train it with `ttslens train`")
+        if hook_of(info.get("hook_name")) != "resid":
+            raise BadInput(f"SAE {d} reads {info.get('hook_name')}, not the residual stream: steer with residual SAEs")
         s, layer = load_sae(d, device), int(info["layer"])
         if s.cfg.d_in != width:
             raise BadInput(

@@ -25,6 +25,7 @@ the CPU from one generator per row (the same seed gives the same sample on any d
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -35,7 +36,7 @@ from torch import nn
 
 from ttslens.sae.activations import SPEECH, TEXT
 from ttslens.sae.errors import BadInput
-from ttslens.sae.hooks import Hooks, StopForward
+from ttslens.sae.hooks import Hooks, StopForward, hook_modules
 from ttslens.sae.sampling import generators, sample
 
 SCOPES = ("speech", "text", "all", "generated")
@@ -377,9 +378,11 @@ class TTSBackbone:
         layers: Sequence[int] = (),
         interventions: Sequence[Intervention] = (),
         logits: bool = True,
+        hook: str = "resid",
     ) -> list[TeacherForced]:
         """One padded forward pass over [prefix, speech tokens] of each (text, tokens[, instruct[, prompt]]) item
-        (a voice prompt's speech sits in the prefix, before the tokens)."""
+        (a voice prompt's speech sits in the prefix, before the tokens). `hidden` holds the residual after
+        `layers` (or their MLP / attention outputs: `hook`); interventions always edit the residual."""
         seqs = []
         for it in items:
             text, tokens, instruct, prompt = (*it, None, None)[:4]
@@ -388,14 +391,16 @@ class TTSBackbone:
             seqs.append(seq)
         ids, ctx, attn, pos = self.pad(seqs)
         stop = None if logits or interventions else (max(layers) if layers else None)
-        hooks = Hooks(self.layers(), interventions, layers, stop_after=stop)
-        with hooks:
-            hooks.context = ctx
+        split = hook != "resid"  # recording a block's output: one engine records there, another edits the residual
+        hooks = Hooks(self.layers(), interventions, [] if split else layers, stop_after=None if split else stop)
+        taps = Hooks(hook_modules(self.layers(), hook), record=layers, stop_after=stop) if split else hooks
+        with hooks, taps if split else contextlib.nullcontext():
+            hooks.context = taps.context = ctx
             try:
                 h, _ = self.forward(self._embed(ids, ctx.modality), attn, pos)
             except StopForward:  # no logits or edits asked: the pass ends after the last recorded layer
                 h = None
-        hidden = {i: v.float().cpu() for i, v in hooks.hidden().items()}
+        hidden = {i: v.float().cpu() for i, v in taps.hidden().items()}
         out = []
         for b, s in enumerate(seqs):
             n = len(s)

@@ -57,8 +57,9 @@ class ModelActivations:
         text_column: str = "text",
         model_batch: int = 8,
         device: str = "cpu",
+        hook: str = "resid",
     ) -> None:
-        self.model, self.tok, self.ds, self.layer = model, tokenizer, dataset, layer
+        self.model, self.tok, self.ds, self.layer, self.hook = model, tokenizer, dataset, layer, hook
         self.context, self.text_column, self.model_batch, self.device = context, text_column, model_batch, device
         check_layer(layer, len(residual_layers(model)))
         self.d = model.config.hidden_size
@@ -74,7 +75,7 @@ class ModelActivations:
     def _encode(self, docs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tok(docs, return_tensors="pt", padding=True, truncation=True, max_length=self.context)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-        h = layer_output(self.model, self.layer, input_ids=ids, attention_mask=mask)
+        h = layer_output(self.model, self.layer, self.hook, input_ids=ids, attention_mask=mask)
         keep = mask.bool()
         return h[keep].float().cpu(), ids[keep].cpu()
 

@@ -33,6 +33,9 @@ class TrainConfig:
     a .jsonl/.csv/.parquet file, a saved `datasets` directory or hf:NAME, tokenised by the backbone)."""
     layer: int = 0
     """Decoder layer whose output (the residual stream after it) is read."""
+    hook: str = "resid"
+    """What of that layer: resid (the residual stream after it), mlp or attn (its MLP / attention block's
+    output, before it is added to the residual: the modules feature flow traces features through)."""
     context: int = 256
     """Tokens per document when harvesting from --model (longer ones are truncated)."""
     tokens: int = 2_000_000

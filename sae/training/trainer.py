@@ -70,20 +70,22 @@ def build_source(cfg: TrainConfig, say=lambda msg: None):
         return (
             train_src,
             eval_src,
-            {"dataset_path": cfg.activations, "hook_name": hook_name(cfg.layer), "layer": cfg.layer},
+            {"dataset_path": cfg.activations, "hook_name": hook_name(cfg.layer, cfg.hook), "layer": cfg.layer},
         )
     from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
 
     say(f"loading {cfg.model} and the dataset {cfg.dataset} ...")
     model, tok = load_model(cfg.model, cfg.device, cfg.model_dtype)
     ds = load_text_dataset(cfg.dataset, text_column=cfg.text_column)
-    src = ModelActivations(model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device)
+    src = ModelActivations(
+        model, tok, ds, cfg.layer, cfg.context, cfg.text_column, cfg.model_batch, cfg.device, cfg.hook
+    )
     info = {
         "model_name": cfg.model,
         "dataset_path": cfg.dataset,
         "layer": cfg.layer,
         "context_size": cfg.context,
-        "hook_name": hook_name(cfg.layer),
+        "hook_name": hook_name(cfg.layer, cfg.hook),
     }
     return src, src, info
 
