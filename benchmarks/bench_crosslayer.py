@@ -4,7 +4,8 @@ rate probe features of layer 3 (with MLP and attention SAEs for layers 3 and 4).
 
     python benchmarks/bench_crosslayer.py            # → results/crosslayer.json, results/crosslayer_match.png,
                                                      #   results/flow/*.{json,png,html}; ~8 min on 2 cores
-SAEs (BatchTopK, 1024 latents, k = 16, 400k tokens each) are trained into --work when missing.
+SAEs (BatchTopK, 1024 latents, k = 16, 400k tokens each, each with its own seed: SAEs that share an
+initialisation match through it, not through their features) are trained into --work when missing.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ def train_missing(work: Path, layer: int, hook: str, tokens: int) -> Path:
 
     out = work / f"{hook}_L{layer}"
     if not (out / "cfg.json").exists():
+        seed = 10 * layer + ("resid", "mlp", "attn").index(hook)  # independent inits: a shared one would "match"
         cfg = TrainConfig(
-            sae=SAEConfig(d_sae=1024, k=16), backbone="demo", layer=layer, hook=hook, tokens=tokens, out=str(out)
-        )
+            sae=SAEConfig(d_sae=1024, k=16), backbone="demo", layer=layer, hook=hook, tokens=tokens, seed=seed,
+            out=str(out),
+        )  # fmt: skip
         train_sae(cfg, progress=False)
     return out
 

@@ -52,11 +52,25 @@ class SAESet:
             self.saes[key], self.paths[key] = load_sae(cfg.parent, device), cfg.parent
             sources.add(str(info.get("backbone") or info.get("model_name") or ""))
             widths.add(self.saes[key].cfg.d_in)
+        seeds = [sae_info(p).get("train", {}).get("seed") for p in self.paths.values()]
+        known = [x for x in seeds if x is not None]
+        if len(set(known)) < len(known):
+            note(
+                f"some SAEs in {root} were trained with the same --seed: SAEs of one shape and seed start from the "
+                "same decoder, so links may follow that initialisation; train each with its own --seed"
+            )
         if not any(k == "resid" for k, _ in self.saes):
             raise MissingFile(f"no residual-stream SAE in {root}: train them with `ttslens train --hook resid`")
         if len(sources) > 1 or len(widths) > 1:
             raise BadInput(f"the SAEs in {root} come from different models ({sorted(sources)}): keep one model's")
         self._dirs: dict[tuple[str, int], torch.Tensor] = {}
+
+    @classmethod
+    def of(cls, saes: dict[tuple[str, int], SAE]) -> SAESet:
+        """A set of SAEs already loaded, by (hook, layer)."""
+        self = cls.__new__(cls)
+        self.root, self.saes, self.paths, self._dirs = Path("<loaded>"), dict(saes), {}, {}
+        return self
 
     def layers(self, kind: str = "resid") -> list[int]:
         return sorted(layer for k, layer in self.saes if k == kind)

@@ -23,6 +23,7 @@ import torch
 
 from ttslens.sae.base import SAE
 from ttslens.sae.errors import BadInput
+from ttslens.sae.notes import note
 
 
 class Folded(NamedTuple):
@@ -229,7 +230,14 @@ def load_chain(dirs: list[str], device: str = "cpu") -> tuple[list[SAE], list[in
 def run_match(cfg: MatchConfig, evaluator: Evaluator | None = None) -> dict:
     from ttslens.sae.files import atomic_write_json
 
-    saes, layers, _ = load_chain(cfg.sae)
+    saes, layers, infos = load_chain(cfg.sae)
+    seeds = [i.get("train", {}).get("seed") for i in infos]
+    if len({s for s in seeds if s is not None}) < len([s for s in seeds if s is not None]):
+        note(
+            f"some of these SAEs were trained with the same --seed ({seeds}): SAEs of one shape and seed start from "
+            "the same decoder, so matches may follow that initialisation rather than the features; train each "
+            "layer's SAE with its own --seed"
+        )
     pairs, perms, cosines = [], [], []
     acts = evaluator.acts(layers) if evaluator is not None else None
     ce_clean = evaluator.ce([]) if evaluator is not None else None

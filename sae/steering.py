@@ -35,7 +35,7 @@ from ttslens.sae.files import load_sae, sae_info
 from ttslens.sae.hooks import hook_of
 from ttslens.sae.notes import note  # noqa: F401  (re-exported: steering's notes are the one notes mechanism)
 
-OPS = ("add", "clamp", "ablate", "direction")
+OPS = ("add", "clamp", "ablate", "direction", "flow")  # flow: the feature and its flow graph (ttslens.sae.flow)
 PRESET_NAMES = ("laughter", "gender", "rate")  # the TTS steering presets (ttslens.audio.steering.presets)
 UNITS = ("raw", "unit", "norm")
 ALPHA_LIMIT = 1000.0  # |alpha| beyond this is clipped (with a note): the audio stays finite
@@ -159,10 +159,17 @@ def _number(text: str | None) -> float | None:
         return None
 
 
+def _flow_alias(spec: str) -> str:
+    """'flow:3/361=2' → '3/361:flow=2' (the form the grammar reads)."""
+    if m := re.match(r"^\s*flow\s*:\s*(\d+)\s*/\s*(\d+)\s*(=.*)?$", spec):
+        return f"{m.group(1)}/{m.group(2)}:flow{m.group(3) or ''}"
+    return spec
+
+
 def is_steer_spec(text: str) -> bool:
     """Whether `text` has the form of an edit (TARGET=ALPHA, TARGET:op[=ALPHA] with a known op, N:ablate),
     right or wrong in its details: how the CLI tells an edit from the positional text after `--steer`."""
-    m = _SPEC.match(text)
+    m = _SPEC.match(_flow_alias(text))
     if not m or not m.group(2):
         return False
     _layer, _target, op, alpha = m.groups()
@@ -172,17 +179,19 @@ def is_steer_spec(text: str) -> bool:
 
 
 def parse_steer(spec: str | tuple[object, float]) -> SteerRequest:
-    """'laughter=2', '361=3', '361:clamp=5', '361:ablate', '3/361:direction=0.5', 'female voice=-2'."""
+    """'laughter=2', '361=3', '361:clamp=5', '361:ablate', '3/361:direction=0.5', 'female voice=-2',
+    '3/361:flow=2' (also written 'flow:3/361=2')."""
     if isinstance(spec, tuple):
         target, alpha = spec
         spec = f"{target}={alpha}" if alpha is not None else str(target)
+    spec = _flow_alias(str(spec))
     m = _SPEC.match(str(spec))
     if not m or not m.group(2):
         raise BadInput(f"cannot read steering {spec!r}: write {FORMS}, e.g. laughter=2 or 361:clamp=5")
     layer, target, op, alpha = m.groups()
     if op is not None and op not in OPS:
         raise BadInput(f"unknown steering op {op!r} in {spec!r}: use one of {', '.join(OPS)}")
-    if alpha is None and op in (None, "add", "clamp", "direction"):
+    if alpha is None and op in (None, "add", "clamp", "direction", "flow"):
         written = f"{layer + '/' if layer else ''}{target.strip()}{':' + op if op else ''}=ALPHA"
         raise BadInput(f"steering {spec!r} has no strength: write {written} ({STRENGTHS})")
     a = _number(alpha) if alpha is not None else 0.0
@@ -326,7 +335,30 @@ class SAESteerer:
         """Steering requests ({"361": 4, "361:clamp": 5}, ["female voice=-3"], "3/12=2") → edits."""
         out = []
         for r in parse_steers(steer):
+            if r.op == "flow":
+                out += clipped(self.resolve_flow(r), r)
+                continue
             out += clipped(self.resolve_named(r) or [self.resolve_feature(r)], r)
+        return out
+
+    def resolve_flow(self, r: SteerRequest, depth: int = 8, kind: str = "exp") -> list[ResolvedEdit]:
+        """`L/ID:flow=s`: the feature and its flow graph over the loaded residual SAEs (`ttslens.sae.flow`):
+        every node pushed by its mean activation times s·e^(-0.05·|l - L|)."""
+        from ttslens.sae.flow import SAESet, flow_graph, schedule
+
+        if r.feature is None or r.layer is None:
+            raise BadInput("flow steering names LAYER/ID:flow=S (e.g. 3/361:flow=2)")
+        if len(self.saes) < 2:
+            note("flow steering with one SAE loaded is single-layer steering: load the neighbouring layers' --sae")
+        ss = SAESet.of({("resid", s.layer): s.sae for s in self.saes})
+        graph = flow_graph(ss, r.layer, r.feature, depth)
+        nodes = [n for n in graph["nodes"] if n["kind"] == "resid"]
+        alphas = schedule(kind, r.alpha, sorted({n["layer"] for n in nodes}), r.layer)
+        out = []
+        for n in nodes:
+            s, f = self.sae_at(n["layer"]), n["feature"]
+            edit = FeatureEdit(f, "add", alphas[n["layer"]], self.mean_act(s, f))
+            out.append(ResolvedEdit(s.layer, edit, f"flow of {r.layer}/{r.feature}", self.label(s, f)))
         return out
 
     def resolve_named(self, r: SteerRequest) -> list[ResolvedEdit] | None:

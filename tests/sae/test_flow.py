@@ -171,3 +171,32 @@ def test_steering_a_graph_with_zero_strength_is_a_no_op_and_removal_removes(tmp_
     assert (removed.hidden[1][speech] @ v).abs().max() < 1e-4
     pushed = run(5.0)
     assert ((pushed.hidden[1][speech] - plain.hidden[1][speech]) @ v).min() > 1  # moved along v
+
+
+def test_flow_steer_strings_resolve_to_the_graphs_layers():
+    """'3/5:flow=2' (or 'flow:3/5=2'): feature 5 and its chain over the loaded SAEs, scheduled per layer."""
+    import math
+
+    from ttslens.sae.steering import LoadedSAE, SAESteerer, is_steer_spec, parse_steer
+
+    torch.manual_seed(0)
+    sae, other = (make_sae(SAEConfig(d_in=128, d_sae=F, k=4)) for _ in range(2))  # 128-d: random cosines stay small
+
+    class Steerer(SAESteerer):
+        def __init__(self, saes):
+            self.saes = saes
+
+        def mean_act(self, s, f):
+            return 0.5
+
+    from pathlib import Path
+
+    st = Steerer([LoadedSAE(Path(f"/x/{i}"), s, i, {}) for i, s in enumerate([sae, sae, sae, other])])
+    assert parse_steer("flow:2/5=2") == parse_steer("2/5:flow=2") and is_steer_spec("flow:2/5=2")
+    edits = st.resolve("flow:2/5=2")
+    by_layer = {e.layer: e.edit for e in edits}
+    assert set(by_layer) == {0, 1, 2}  # layer 3's SAE shares no direction with feature 5: not in the graph
+    assert all(e.feature == 5 and e.op == "add" and e.mean_act == 0.5 for e in by_layer.values())
+    assert by_layer[2].alpha == 2 and math.isclose(by_layer[0].alpha, 2 * math.exp(-0.1))
+    with pytest.raises(BadInput, match="LAYER/ID:flow"):
+        st.resolve("5:flow=2")

@@ -134,7 +134,19 @@ def test_match_command_end_to_end_on_the_demo(tmp_path):
     dirs = []
     for layer in (2, 3):
         out = tmp_path / f"sae{layer}"
-        args = ["train", "--backbone", "demo", "--layer", str(layer), "--latents", "128", "--k", "8"]
+        args = [
+            "train",
+            "--backbone",
+            "demo",
+            "--layer",
+            str(layer),
+            "--latents",
+            "128",
+            "--k",
+            "8",
+            "--seed",
+            str(layer),
+        ]
         args += ["--tokens", "4096", "--batch-size", "1024", "--warmup-steps", "2", "--buffer-tokens", "4096"]
         assert main([*args, "--eval-tokens", "1024", "--calibration-tokens", "2048", "--out", str(out)]) == 0
         dirs += ["--sae", str(out)]
