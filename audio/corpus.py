@@ -12,6 +12,7 @@ get them from the backbone's speech tokenizer (`TTSBackbone.encode_audio`) when 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -148,5 +149,47 @@ def load_corpus(
     from ttslens.sae.lm.harvest import load_text_dataset
 
     name = str(spec)
+    if Path(name).is_dir() and not (Path(name) / "dataset_info.json").exists():
+        ds = audio_folder(Path(name))
+        return AudioTextCorpus(ds, "text", "audio", None, name=name)
     ds = load_text_dataset(name[3:] if name.startswith("hf:") else name, text_column=text_column)
     return AudioTextCorpus(ds, text_column, audio_column, instruct_column, name=name)
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+TEXT_SUFFIXES = (".normalized.txt", ".txt", ".lab", ".original.txt")  # LibriTTS's first, then plain / HTK
+
+
+def audio_folder(root: Path):
+    """A folder of recordings as a `datasets` dataset of (text, audio path): `metadata.csv` / `metadata.jsonl`
+    (the Hugging Face audiofolder layout: `file_name` and `text` or `transcription` columns), else every audio
+    file with a transcript beside it of the same stem (LibriTTS's `.normalized.txt`, `.txt` or `.lab`)."""
+    import csv
+
+    import datasets
+
+    rows = []
+    meta = next((root / n for n in ("metadata.jsonl", "metadata.csv") if (root / n).exists()), None)
+    if meta is not None:
+        if meta.suffix == ".csv":
+            with open(meta, newline="") as f:
+                recs = list(csv.DictReader(f))
+        else:
+            recs = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+        for r in recs:
+            text = r.get("text", r.get("transcription"))
+            if "file_name" not in r or text is None:
+                raise BadInput(f"{meta} needs file_name and text (or transcription) columns")
+            rows.append({"text": text, "audio": str(meta.parent / r["file_name"])})
+    else:
+        for wav in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+            base = str(wav)[: -len(wav.suffix)]
+            txt = next((Path(base + s) for s in TEXT_SUFFIXES if Path(base + s).exists()), None)
+            if txt is not None:
+                rows.append({"text": txt.read_text().strip(), "audio": str(wav)})
+    if not rows:
+        raise BadInput(
+            f"{root} holds no (text, audio) pairs: give metadata.csv (file_name,text) or transcripts beside the "
+            "audio files (x.wav + x.txt)"
+        )
+    return datasets.Dataset.from_list(rows)

@@ -3,7 +3,7 @@ layer-skip EV and speech CE by layer, persistence), and the feature-flow graphs 
 rate probe features of layer 3 (with MLP and attention SAEs for layers 3 and 4).
 
     python benchmarks/bench_crosslayer.py            # → results/crosslayer.json, results/crosslayer_match.png,
-                                                     #   results/flow/*.{json,png,html}; ~8 min on 2 cores
+                                                     #   results/crosslayer_flow/*.{json,png,html}; ~12 min on 2 cores
 SAEs (BatchTopK, 1024 latents, k = 16, 400k tokens each, each with its own seed: SAEs that share an
 initialisation match through it, not through their features) are trained into --work when missing.
 """
@@ -54,7 +54,8 @@ def main() -> None:
         for hook in ("mlp", "attn"):
             train_missing(work, layer, hook, args.tokens)
     match = run_match(MatchConfig(sae=[str(p) for p in resid], out=str(work / "match"), items=args.items))
-    shutil.copy(work / "match" / "match.png", RESULTS / "crosslayer_match.png")
+    stem = Path(args.out).stem  # figures named after the JSON: crosslayer_match.png, crosslayer_flow/, ...
+    shutil.copy(work / "match" / "match.png", Path(args.out).with_name(f"{stem}_match.png"))
     presets = resolve_presets(PresetConfig(sae=str(resid[args.flow_layer]), source="probe", progress=False))
     flows = {}
     for name, p in presets["presets"].items():

@@ -105,6 +105,14 @@ class Match(NamedTuple):
     cosines: list[float]
 
 
+def chance_cosine(n_features: int, d: int) -> float:
+    """The best |cosine| one direction has, by chance, with `n_features` random unit directions in d dimensions
+    (≈ sqrt(2 ln F / d)): links below it say nothing."""
+    import math
+
+    return math.sqrt(2 * math.log(max(n_features, 2)) / max(d, 1))
+
+
 def best_matches(ss: SAESet, layer: int, feature: int, top_k: int = 3) -> dict[str, Match]:
     """Top-k decoder-cosine matches of resid feature (layer, feature) in resid L-1, MLP L and attention L."""
     d = ss.directions("resid", layer)
@@ -149,6 +157,18 @@ def flow_graph(ss: SAESet, layer: int, feature: int, depth: int = 3, cut: Cutoff
         nodes.setdefault(key, {"id": key, "kind": kind, "layer": at, "feature": f}).update(extra)
         return key
 
+    chance = {}
+    for kind in KINDS:
+        at = layer - 1 if kind == "resid" else layer
+        if (kind, at) in ss.saes:
+            w = ss.saes[(kind, at)].W_dec
+            chance[kind] = round(chance_cosine(w.shape[0], w.shape[1]), 4)
+            cutoff = cut.resid if kind == "resid" else cut.module
+            if cutoff < chance[kind]:
+                note(
+                    f"the {kind} cut-off {cutoff} is below the chance level {chance[kind]:.2f} of {w.shape[0]} "
+                    f"features in {w.shape[1]} dimensions: such links can be noise (raise the cut-off)"
+                )
     frontier = [(layer, feature)]
     node("resid", layer, feature, root=True)
     for _ in range(depth):
@@ -182,7 +202,7 @@ def flow_graph(ss: SAESet, layer: int, feature: int, depth: int = 3, cut: Cutoff
         )
         at, f = at + 1, g
     return {"root": f"resid/{layer}/{feature}", "cutoffs": {"resid": cut.resid, "module": cut.module},
-            "nodes": list(nodes.values()), "edges": edges}  # fmt: skip
+            "chance_cosine": chance, "nodes": list(nodes.values()), "edges": edges}  # fmt: skip
 
 
 def parse_feature(spec: str) -> tuple[int, int]:

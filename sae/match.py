@@ -101,6 +101,12 @@ def match_pair(a: SAE, b: SAE, encoder_weight: float = 0.0) -> PairMatch:
     return PairMatch(perm, per, cos, np.setdiff1d(np.arange(Fb), cols))
 
 
+def _chance(sae: SAE) -> float:
+    from ttslens.sae.flow import chance_cosine
+
+    return round(chance_cosine(sae.cfg.d_sae, sae.cfg.d_in), 4)
+
+
 def chain(perms: list[np.ndarray]) -> np.ndarray:
     """[F_0, n_layers] the feature of the first SAE followed through each match (-1 once it is lost)."""
     path = [np.arange(len(perms[0]))]
@@ -251,6 +257,7 @@ def run_match(cfg: MatchConfig, evaluator: Evaluator | None = None) -> dict:
             "matched": int((m.perm >= 0).sum()),
             "unmatched_b": m.unmatched_b.tolist(),
             "median_cosine": float(np.nanmedian(m.cosine)),
+            "chance_cosine": _chance(b),  # what the best of B's directions gives a random direction
             "share_cosine_above": float(np.nanmean(m.cosine >= cfg.min_cosine)),
             "mean_cost": float(np.nanmean(m.cost)),
             "perm": m.perm.tolist(),

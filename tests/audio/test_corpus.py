@@ -153,3 +153,29 @@ def test_load_corpus_errors(tmp_path):
     (tmp_path / "truth.jsonl").write_text(json.dumps({"id": "utt000001"}) + "\n")
     with pytest.raises(ValueError, match="line 1"):
         load_corpus(tmp_path)
+
+
+def test_an_audio_folder_is_a_corpus(tmp_path):
+    """LibriTTS-style transcripts beside the audio, or the Hugging Face audiofolder metadata.csv."""
+    import numpy as np
+    import soundfile as sf
+
+    from ttslens.audio.corpus import load_corpus
+    from ttslens.sae.errors import BadInput
+
+    lib = tmp_path / "libritts" / "19" / "198"
+    lib.mkdir(parents=True)
+    for i, text in enumerate(["the cat sat.", "a dog ran."]):
+        sf.write(lib / f"19_198_{i}.wav", np.zeros(1600, np.float32), 16000)
+        (lib / f"19_198_{i}.normalized.txt").write_text(text + "\n")
+    items = load_corpus(tmp_path / "libritts").items("all")
+    assert [it.text for it in items] == ["the cat sat.", "a dog ran."] and items[0].audio[1] == 16000
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    sf.write(hf / "a.wav", np.zeros(800, np.float32), 8000)
+    (hf / "metadata.csv").write_text("file_name,transcription\na.wav,hello there\n")
+    (item,) = load_corpus(hf).items("all")
+    assert item.text == "hello there" and len(item.audio[0]) == 800
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInput, match="no \\(text, audio\\) pairs"):
+        load_corpus(tmp_path / "empty")

@@ -158,3 +158,27 @@ def test_match_command_end_to_end_on_the_demo(tmp_path):
     assert (tmp_path / "m" / "match.png").stat().st_size > 1000
     backwards = ["--sae", dirs[3], "--sae", dirs[1]]
     assert main(["match", *backwards, "--items", "0", "--out", str(tmp_path / "x")]) == 2  # layers out of order
+
+
+def test_match_and_flow_on_a_text_lm(tiny_lm, tmp_path):
+    """The same pipeline on a tiny text LM: SAEs on layers 0-2 → `ttslens match` (layer skipping on the LM's own
+    next-token CE) → `ttslens flow`."""
+    from ttslens.app.cli import main
+    from ttslens.sae.training import TrainConfig, train
+
+    dirs = []
+    for layer in range(3):
+        out = tmp_path / "saes" / f"resid_{layer}"
+        cfg = TrainConfig(
+            sae=SAEConfig(d_sae=64, k=4), model=str(tiny_lm / "model"), dataset=str(tiny_lm / "corpus.txt"),
+            layer=layer, context=32, tokens=12 * 256, batch_size=256, buffer_tokens=2048, lr=2e-3, eval_tokens=512,
+            seed=layer, out=str(out),
+        )  # fmt: skip
+        train(cfg, progress=False)
+        dirs += ["--sae", str(out)]
+    assert main(["match", *dirs, "--items", "8", "--out", str(tmp_path / "m")]) == 0
+    pairs = json.loads((tmp_path / "m" / "matches.json").read_text())["pairs"]
+    assert [p["layers"] for p in pairs] == [[0, 1], [1, 2]]
+    assert all(p["ce_skip"] > 0 and p["ce_clean"] > 0 for p in pairs)
+    assert main(["flow", "--sae-dir", str(tmp_path / "saes"), "--feature", "2/3", "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "resid_2_3.json").exists()
