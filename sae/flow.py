@@ -319,8 +319,8 @@ class FlowConfig:
     """Drop residual links below this decoder cosine."""
     module_cutoff: float = 0.15
     """Drop MLP / attention links below this."""
-    out: str = "runs/flow"
-    """Output directory."""
+    out: str = "runs/flow_graphs"
+    """Output directory (one JSON, PNG and HTML per traced feature)."""
 
 
 def run_flow(cfg: FlowConfig) -> dict:
