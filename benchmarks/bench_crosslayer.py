@@ -62,11 +62,9 @@ def main() -> None:
         for side in ("plus", "minus"):
             for f in p[side][:2]:
                 key = f"{name}{'+' if side == 'plus' else '-'} {args.flow_layer}/{f['feature']}"
-                flows[key] = run_flow(
-                    FlowConfig(
-                        sae_dir=str(work), feature=f"{args.flow_layer}/{f['feature']}", out=str(RESULTS / "flow")
-                    )
-                )
+                spec = f"{args.flow_layer}/{f['feature']}"
+                flow_dir = Path(args.out).with_name(f"{stem}_flow")
+                flows[key] = run_flow(FlowConfig(sae_dir=str(work), feature=spec, out=str(flow_dir)))
     full = json.loads((work / "match" / "matches.json").read_text())
     out = {
         "match": match,
