@@ -152,19 +152,15 @@ def run_match(cfg):
             items = load_corpus(None, backbone=bb).items("heldout")[: cfg.items]
             evaluator = BackboneEvaluator(bb, items)
         elif model_id and not str(model_id).startswith("ttslens/"):
-            from ttslens.sae.lm.harvest import load_model, load_text_dataset
+            from ttslens.sae.lm.harvest import eval_batch, load_model, load_text_dataset
             from ttslens.sae.metrics import TextLMEvaluator
 
             train = infos[0].get("train", {})
+            column = train.get("text_column", "text")
             model, tok = load_model(model_id, cfg.device, cfg.dtype)
-            ds = load_text_dataset(train.get("dataset", ""), text_column=train.get("text_column", "text"))
-            texts = [t for t in ds[: cfg.items][train.get("text_column", "text")] if t and t.strip()]
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-            enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=train.get("context", 256))
-            evaluator = TextLMEvaluator(
-                model, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
-            )
+            ds = load_text_dataset(train.get("dataset", ""), text_column=column)
+            ids, mask = eval_batch(tok, ds, column, cfg.items, train.get("context", 256), model.device)
+            evaluator = TextLMEvaluator(model, ids, mask)
     return match.run_match(cfg, evaluator)
 
 

@@ -87,7 +87,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         _check_width(sae, src.d, activations)
         metrics.update(evaluate(sae, take_tokens(BatchStream(src, 4096, 65536, cfg.seed), cfg.tokens)))
     elif model_id:
-        from ttslens.sae.lm.harvest import ModelActivations, load_model, load_text_dataset
+        from ttslens.sae.lm.harvest import ModelActivations, eval_batch, load_model, load_text_dataset
 
         model, tok = load_model(model_id, cfg.device, cfg.dtype)
         _check_width(sae, model.config.hidden_size, model_id)
@@ -95,11 +95,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         src = ModelActivations(model, tok, ds, layer, train.get("context", 256))
         metrics.update(evaluate(sae, take_tokens(BatchStream(src, 1024, 16384, cfg.seed), cfg.tokens)))
         if cfg.ce_sequences:
-            texts = [t for t in ds[: cfg.ce_sequences][train.get("text_column", "text")] if t and t.strip()]
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-            enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=train.get("context", 256))
-            metrics.update(ce_recovered(model, sae, layer, enc["input_ids"], enc["attention_mask"]))
+            column, context = train.get("text_column", "text"), train.get("context", 256)
+            ids, mask = eval_batch(tok, ds, column, cfg.ce_sequences, context, model.device)
+            metrics.update(ce_recovered(model, sae, layer, ids, mask))
     else:
         raise BadInput("nothing to evaluate on: pass --activations PATH or --model ID --dataset NAME")
     metrics.update(l0_vs_k(sae, metrics, _recorded_k(cfg.sae)))

@@ -36,6 +36,16 @@ def load_text_dataset(name_or_path: str, split: str = "train", text_column: str 
     return ds
 
 
+def eval_batch(tok, ds, text_column: str, n: int, context: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of the dataset's first `n` non-empty texts, padded and cut at `context`: the
+    sequences CE measurements run on."""
+    texts = [t for t in ds[:n][text_column] if t and t.strip()]
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=context)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
 def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
