@@ -208,6 +208,31 @@ class Studio:
             audio.append({**clip, "audio": (int(sr), wave)})
         return {**c, "audio": audio}
 
+    def flow(self, layer, feature, depth: int = 3) -> dict:
+        """A feature's flow graph (`ttslens.sae.flow`) over the loaded SAEs, or over --flow-dir's (which may
+        hold MLP / attention SAEs too): {"graph", "svg", "notes"}; graph None when nothing can be traced."""
+        from ttslens.sae import notes
+        from ttslens.sae.flow import SAESet, flow_graph, flow_svg
+
+        s = self._sae(layer)
+        f = whole(feature, "feature id", 0, s.sae.cfg.d_sae - 1)
+        with notes.collect() as got:
+            if self.cfg.flow_dir:
+                ss = SAESet(self.cfg.flow_dir)
+                if ss.layers() and ("resid", s.layer) not in ss.saes:
+                    raise BadInput(f"--flow-dir {self.cfg.flow_dir} has no residual SAE for layer {s.layer}")
+            else:
+                ss = SAESet.of({("resid", x.layer): x.sae for x in self.tts.saes})
+            if len(ss.layers()) < 2 and not ss.layers("mlp") and not ss.layers("attn"):
+                msg = "one SAE loaded: start the app with the neighbouring layers' --sae, or --flow-dir DIR"
+                return {"graph": None, "svg": "", "notes": [msg]}
+            graph = flow_graph(ss, s.layer, f, depth)
+        labels = {}
+        for n in graph["nodes"]:
+            if n["kind"] == "resid" and str(n["layer"]) in self.index:
+                labels[n["id"]] = (self.index[str(n["layer"])].records.get(n["feature"]) or {}).get("label", "")
+        return {"graph": graph, "svg": flow_svg(graph, labels), "notes": got}
+
     # ---- tab 3: dose-response --------------------------------------------------------------------------
     def dose(self, layer, attribute: str, target: str, alphas: str, voices=6, texts=5, seed=0, progress=None) -> dict:
         """One `run_steer_eval` sweep into a fresh directory under the work dir."""

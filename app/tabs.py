@@ -105,7 +105,7 @@ def synthesize_tab(studio: Studio) -> None:
             picks = []
             for i in range(N_PICKS):
                 with gr.Row():
-                    info = "type to search labels; or an id like 361, 361:clamp"
+                    info = "type to search labels; or an id like 361, 361:clamp, 361:flow (with its flow graph)"
                     picks.append(feature_picker(choices, f"Feature {i + 1}", info=info))
                     picks.append(gr.Slider(-SLIDER, SLIDER, value=0, step=0.5, label="strength", scale=2))
         go = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
@@ -194,6 +194,7 @@ def browser_tab(studio: Studio) -> None:
             )
         with gr.Row():
             clips = [player(label=f"clip {i + 1}", visible=False) for i in range(N_CLIPS)]
+        flow = gr.HTML(elem_id="flow")
 
     def on_browse(sae, modality, query, min_auroc):
         try:
@@ -206,23 +207,31 @@ def browser_tab(studio: Studio) -> None:
         try:
             c = studio.card(sae, feature)
         except Exception as e:
-            return fail(e, 4 + N_CLIPS)
+            return fail(e, 5 + N_CLIPS)
         near = table([dict(zip(NEAREST_COLUMNS, n, strict=True)) for n in c["nearest"]], NEAREST_COLUMNS)
         players = [gr.update(value=pcm(*a["audio"]), visible=True, label=clip_label(a)) for a in c["audio"]]
         players += [gr.update(value=None, visible=False)] * (N_CLIPS - len(players))
-        return (card_html(c), histogram_figure(c["histogram"]), near, *players, "")
+        return (card_html(c), histogram_figure(c["histogram"]), near, *players, flow_html(sae, feature), "")
+
+    def flow_html(sae, feature) -> str:
+        try:
+            g = studio.flow(sae, feature)
+        except Exception as e:  # the card still shows
+            return f"<p>No flow graph: {html.escape(str(e))}</p>"
+        notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in g["notes"])
+        return f"<h4>Feature flow across layers</h4>{notes}{g['svg']}"
 
     def on_select(sae, evt: gr.SelectData):
         try:
             f = int(evt.row_value[0])
         except Exception as e:
-            return (gr.skip(), *fail(e, 4 + N_CLIPS))
+            return (gr.skip(), *fail(e, 5 + N_CLIPS))
         return (f, *on_card(sae, f))
 
     filters = [sae, modality, query, min_auroc]
     for comp in filters:
         comp.change(on_browse, filters, [results, status], api_name="browse" if comp is query else False)
-    card_outputs = [card, hist, nearest, *clips, status]
+    card_outputs = [card, hist, nearest, *clips, flow, status]
     show.click(on_card, [sae, feature], card_outputs, api_name="card")
     feature.submit(on_card, [sae, feature], card_outputs, api_name=False)
     results.select(on_select, [sae], [feature, *card_outputs], api_name=False)

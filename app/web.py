@@ -36,6 +36,9 @@ class AppConfig:
     """Torch device for the backbone, the text LM and the SAEs: cpu, cuda, cuda:N or auto."""
     dtype: str = "float32"
     """Backbone weights' dtype: float32, bfloat16 or float16."""
+    flow_dir: str = ""
+    """Optional: a directory of SAEs of this backbone, one per layer and hook (`ttslens flow --sae-dir`), for the
+    feature browser's flow graphs (default: the --sae SAEs)."""
     text_model: str = ""
     """Optional: a Hugging Face causal LM (hub id or local directory) for the text-LLM tab."""
     text_sae: list[str] = field(default_factory=list)

@@ -258,8 +258,9 @@ def draw_png(graph: dict, path: Path, labels: dict[str, str] | None = None) -> N
     plt.close(fig)
 
 
-def html_page(graph: dict, labels: dict[str, str] | None = None) -> str:
-    """A self-contained SVG page: hover a node for its matches and label, an edge for its cosine."""
+def flow_svg(graph: dict, labels: dict[str, str] | None = None) -> str:
+    """The graph as inline SVG with a legend: hover a node for its matches and label, an edge for its cosine
+    (what the HTML page and the app's feature browser show)."""
     pos, labels = _positions(graph), labels or {}
     xs = [p[0] for p in pos.values()]
     lo = min(xs)
@@ -284,9 +285,15 @@ def html_page(graph: dict, labels: dict[str, str] | None = None) -> str:
                      f'</circle><text x="{x}" y="{y + 32}" font-size="11" text-anchor="middle">'
                      f"{html.escape(n['id'])}</text>")  # fmt: skip
     width = 120 + (max(xs) - lo) * 150
-    return (f"<!doctype html><meta charset='utf-8'><title>flow {html.escape(graph['root'])}</title>"
-            f"<h3>feature flow of {html.escape(graph['root'])}</h3><p>blue residual, orange MLP, green attention;"
-            f" hover for matches</p><svg width='{width}' height='300'>{''.join(parts)}</svg>")  # fmt: skip
+    return (f"<p>blue residual, orange MLP, green attention; hover for matches</p>"
+            f"<svg width='{width}' height='300'>{''.join(parts)}</svg>")  # fmt: skip
+
+
+def html_page(graph: dict, labels: dict[str, str] | None = None) -> str:
+    """A self-contained page of the graph (`flow_svg`)."""
+    root = html.escape(graph["root"])
+    return (f"<!doctype html><meta charset='utf-8'><title>flow {root}</title><h3>feature flow of {root}</h3>"
+            f"{flow_svg(graph, labels)}")  # fmt: skip
 
 
 def write_graph(graph: dict, out: Path, labels: dict[str, str] | None = None) -> dict[str, str]:

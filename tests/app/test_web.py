@@ -156,6 +156,34 @@ def test_feature_browser_actions(studio, steer_sae):
             studio.card("3", bad)
 
 
+def test_feature_browser_flow_graph(studio, steer_sae, tmp_path):
+    """The card's flow graph: none with one SAE loaded (and it says why); with a layer-2 SAE whose decoder is
+    layer 3's, permuted, every feature links back to its permuted twin, and `361:flow` steers both layers."""
+    from ttslens.sae.files import load_sae, sae_info
+
+    one = studio.flow("3", 5)
+    assert one["graph"] is None and "neighbouring layers" in one["notes"][0]
+    sae3, info = load_sae(steer_sae), sae_info(steer_sae)
+    perm = torch.randperm(sae3.cfg.d_sae, generator=torch.Generator().manual_seed(0))
+    sae2 = make_sae(sae3.cfg)
+    sae2.load_state_dict({k: v[perm] if k == "W_dec" else v for k, v in sae3.state_dict().items()})
+    below = save_sae(sae2, tmp_path / "sae_L2", {**info, "layer": 2, "hook_name": "layers.2"})
+    two = Studio(AppConfig(sae=[str(below), str(steer_sae)], work_dir=str(tmp_path / "work")))
+    f = 5
+    g = two.flow("3", f)
+    twin = int((perm == f).nonzero())
+    assert any(
+        e["from"] == f"resid/2/{twin}" and e["to"] == f"resid/3/{f}" and e["cosine"] > 0.999
+        for e in g["graph"]["edges"]
+    )
+    assert "<svg" in g["svg"] and f"resid/2/{twin}" in g["svg"]
+    assert any("no mlp or attn SAEs" in n for n in g["notes"])
+    edits = two.tts.resolve(two.steer_request("3", _presets(), [(f"{f}:flow", 2.0)]))
+    assert {(e.layer, e.edit.feature) for e in edits} == {(3, f), (2, twin)}
+    with pytest.raises(ValueError, match="feature id"):
+        two.flow("3", 10_000)
+
+
 def test_card_html_escapes_everything():
     c = {
         "feature": 4, "label": "<script>alert(1)</script>", "modality": "text", "scores": {"<i>": 0.5},
