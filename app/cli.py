@@ -23,11 +23,12 @@ def _commands():
         run_quickstart,
         run_synthesize,
     )
-    from ttslens.audio.harvest import run_harvest, run_match, train_sae
+    from ttslens.audio.harvest import run_boost, run_harvest, run_match, train_sae
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, run_presets
     from ttslens.audio.voices import VoicesConfig, run_voices
     from ttslens.autointerp.pipeline import LabelConfig, run_label
+    from ttslens.sae.boost import BoostConfig
     from ttslens.sae.commands import (
         EvalConfig,
         HarvestConfig,
@@ -52,6 +53,7 @@ def _commands():
             "cache a layer's activations (text LM or TTS backbone)",
         ),
         "match": (MatchConfig, run_match, "match SAE features across layers (SAE Match) and measure layer skipping"),
+        "boost": (BoostConfig, run_boost, "teach a frozen SAE a new domain with a residual SAE (SAE Boost)"),
         "flow": (FlowConfig, run_flow, "trace a feature through layers: its residual / MLP / attention sources"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),

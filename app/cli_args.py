@@ -27,24 +27,33 @@ SPILLED = "_spilled"  # namespace attribute: [(action, index, value)] given back
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under each field of a dataclass."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    """Docstrings written under each field of a dataclass (and of the dataclasses it extends)."""
     docs = {}
-    for a, b in zip(body, body[1:], strict=False):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            docs[a.target.id] = " ".join(str(b.value.value).split()).replace("%", "%%")
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:], strict=False):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = " ".join(str(b.value.value).split()).replace("%", "%%")
     return docs
 
 
-def _fields(cls: type, prefix: tuple[str, ...] = ()):
+def _field_default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _fields(cls: type, prefix: tuple[str, ...] = (), defaults=None):
+    """(path, field, type, doc, default) of every leaf field; a nested dataclass's defaults are those of the
+    instance its parent's default makes (a config may narrow a nested one's defaults)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         if dataclasses.is_dataclass(t):
-            yield from _fields(t, (*prefix, f.name))
+            inner = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+            yield from _fields(t, (*prefix, f.name), inner)
         elif f.name not in SKIP:
-            yield (*prefix, f.name), f, t, field_docs(cls).get(f.name, "")
+            default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+            yield (*prefix, f.name), f, t, field_docs(cls).get(f.name, ""), default
 
 
 class ListOption(argparse.Action):
@@ -84,9 +93,8 @@ def _number_form(item: type):
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     fields = list(_fields(cls))
-    has_positional = any(f.metadata.get("positional") for _, f, _, _ in fields)
-    for path, f, t, doc in fields:
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    has_positional = any(f.metadata.get("positional") for _, f, _, _, _ in fields)
+    for path, f, t, doc, default in fields:
         flag = "--" + ALIASES.get(path[-1], path[-1]).replace("_", "-")
         dest = "__".join(path)
         if more := f.metadata.get("help", "").replace("%", "%%"):
@@ -121,10 +129,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _default(cls: type, path: tuple[str, ...]):
-    for p in path[:-1]:
-        cls = typing.get_type_hints(cls)[p]
-    f = {f.name: f for f in dataclasses.fields(cls)}[path[-1]]
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return next(default for p, _f, _t, _doc, default in _fields(cls) if p == path)
 
 
 def settle_spilled(cls: type, ns: argparse.Namespace) -> None:
@@ -135,7 +140,7 @@ def settle_spilled(cls: type, ns: argparse.Namespace) -> None:
         return
     empty = [
         "__".join(path)
-        for path, f, _t, _doc in _fields(cls)
+        for path, f, _t, _doc, _d in _fields(cls)
         if f.metadata.get("positional") and getattr(ns, "__".join(path)) in (None, "", _default(cls, path))
     ]
     if empty:
@@ -153,7 +158,7 @@ def from_args(cls: type, ns: argparse.Namespace):
     """Instantiate `cls` (and its nested dataclasses) from parsed arguments."""
     settle_spilled(cls, ns)
     kwargs: dict = {}
-    for path, _f, t, _doc in _fields(cls):
+    for path, _f, t, _doc, _d in _fields(cls):
         d = kwargs
         for p in path[:-1]:
             d = d.setdefault(p, {})

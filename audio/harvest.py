@@ -164,6 +164,30 @@ def run_match(cfg):
     return match.run_match(cfg, evaluator)
 
 
+def run_boost(cfg):
+    """`ttslens boost`: `ttslens.sae.boost.run_boost`; for a TTS backbone the data are its teacher-forced
+    corpus and the CE is the speech-token CE (held-out items) with each SAE spliced in."""
+    from ttslens.audio.backbones.registry import backbone_spec
+    from ttslens.sae import boost
+
+    if not cfg.backbone:
+        return boost.run_boost(cfg)
+    boost.check_base(cfg)
+    spec = backbone_spec(cfg.backbone, cfg.model_dir)
+    domain = backbone_sources(spec, cfg.layer, cfg.corpus or None, cfg.device, cfg.model_dtype, cfg.hook)
+    general = domain[1]
+    if cfg.general:
+        general = backbone_sources(spec, cfg.layer, cfg.general, cfg.device, cfg.model_dtype, cfg.hook)[1]
+    held = domain[1]
+    ce = None
+    if cfg.hook == "resid":
+
+        def ce(sae):
+            return speech_ce(held.backbone, sae, cfg.layer, held.items[:32])
+
+    return boost.run_boost(cfg, boost.BoostData(domain, general, ce))
+
+
 def run_harvest(cfg):
     """`ttslens harvest`: a text LM's activations (`ttslens.sae.commands.run_harvest`), or a TTS backbone's,
     teacher-forced over --dataset (text, audio) pairs or its own corpus."""

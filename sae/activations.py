@@ -166,10 +166,14 @@ class BatchStream:
         world: int = 1,
         exclude_special: bool = False,
         state: StreamState | None = None,
+        modality: str = "all",
     ) -> None:
         self.source, self.batch_size, self.seed, self.rank = source, batch_size, seed, rank
         self.block_rows = max(batch_size, block_rows // batch_size * batch_size)
         self.exclude_special = exclude_special
+        if modality != "all" and modality not in MODALITIES:
+            raise BadInput(f"unknown --modality {modality!r}: use all, {', '.join(MODALITIES)}")
+        self.modality = modality
         self.state = state or StreamState(source.start_state(rank, world), 0, 0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -178,6 +182,11 @@ class BatchStream:
             acts, meta, next_state = self.source.block(src_state, self.block_rows)
             if self.exclude_special and "modality" in meta:
                 keep = meta["modality"] != SPECIAL
+                acts, meta = acts[keep], {k: v[keep] for k, v in meta.items()}
+            if self.modality != "all":
+                if "modality" not in meta:
+                    raise BadInput(f"--modality {self.modality}: these activations record no modality (use all)")
+                keep = meta["modality"] == MODALITIES.index(self.modality)
                 acts, meta = acts[keep], {k: v[keep] for k, v in meta.items()}
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 10_007 + block_no)
             perm = torch.randperm(acts.shape[0], generator=g)

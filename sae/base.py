@@ -236,7 +236,11 @@ class SAE(nn.Module):
         """Inference reconstruction (what is spliced into a model)."""
         return self.decode(self.encode(x_BD))
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> ForwardOutput:
+        """A training pass on x_BD; the loss compares the reconstruction with `target_BD` (default x_BD: an SAE
+        Boost residual SAE reads x and reconstructs the base SAE's error)."""
         raise NotImplementedError
 
     # ---- the top-k family's training pass ----------------------------------------------------
@@ -248,29 +252,35 @@ class SAE(nn.Module):
         idx_BK: torch.Tensor,
         dead_F: torch.Tensor | None,
         rows_N: torch.Tensor | None = None,
+        target_BD: torch.Tensor | None = None,
     ) -> ForwardOutput:
         recon_BD = self.decode_sparse(vals_BK, idx_BK, rows_N, x_BD.shape[0])
-        terms = {"fvu": fvu_loss(x_BD, recon_BD)}
-        out = self._with_auxk(x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, terms["fvu"], terms)
+        terms = {"fvu": fvu_loss(x_BD if target_BD is None else target_BD, recon_BD)}
+        out = self._with_auxk(x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, terms["fvu"], terms, target_BD)
         return out._replace(rows=rows_N)
 
-    def _with_auxk(self, x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, loss, terms) -> ForwardOutput:
+    def _with_auxk(self, x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, loss, terms, target_BD=None):
         if dead_F is not None and bool(dead_F.any()):
-            terms["auxk"] = self.auxk_loss(x_BD, recon_BD, pre_BF, dead_F)
+            terms["auxk"] = self.auxk_loss(x_BD, recon_BD, pre_BF, dead_F, target_BD)
             loss = loss + self.cfg.aux_coeff * terms["auxk"]
         return ForwardOutput(recon_BD, vals_BK, idx_BK, loss, terms)
 
     def auxk_loss(
-        self, x_BD: torch.Tensor, recon_BD: torch.Tensor, pre_BF: torch.Tensor | None, dead_F: torch.Tensor
+        self,
+        x_BD: torch.Tensor,
+        recon_BD: torch.Tensor,
+        pre_BF: torch.Tensor | None,
+        dead_F: torch.Tensor,
+        target_BD: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Reconstruct the residual from the top dead latents, without b_dec (normalised MSE)."""
+        """Reconstruct the residual (target − recon) from the top dead latents, without b_dec (normalised MSE)."""
         k_aux = min(self.cfg.aux_k_eff, int(dead_F.sum()))
         if pre_BF is None:
             pre_BF = self.preacts(x_BD)
         masked = pre_BF.detach().masked_fill(~dead_F, -math.inf)
         idx_BA = masked.topk(k_aux, dim=1, sorted=False).indices
         vals_BA = self.preacts_at(x_BD, pre_BF, idx_BA).relu()
-        e_BD = (x_BD - recon_BD).detach()
+        e_BD = ((x_BD if target_BD is None else target_BD) - recon_BD).detach()
         e_hat_BD = sparse_decode(vals_BA, idx_BA, self.W_dec)
         return fvu_loss(e_BD, e_hat_BD)  # global-batch aware, like the main term
 

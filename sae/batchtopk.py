@@ -135,10 +135,10 @@ class BatchTopKSAE(SAE):
         self.train(was_training)
         return {"threshold_ema": before, "threshold": float(self.threshold.max()), "calibration_tokens": n}
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD=None) -> ForwardOutput:
         pre_BF = self.preacts(x_BD)
         rows_N, cols_N = self.select(pre_BF.detach())
         vals_N = self.preacts_at(x_BD, pre_BF, cols_N, rows_N)
         if self.training:
             self.update_threshold(vals_N)
-        return self._sparse_forward(x_BD, pre_BF, vals_N, cols_N, dead_F, rows_N)
+        return self._sparse_forward(x_BD, pre_BF, vals_N, cols_N, dead_F, rows_N, target_BD)

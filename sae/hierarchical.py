@@ -83,12 +83,13 @@ class HierarchicalTopKSAE(SAE):
         vals_BK, idx_BK = self.preacts(x_BD).topk(k, dim=1, sorted=True)
         return vals_BK.relu(), idx_BK
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD=None) -> ForwardOutput:
         pre_BF = self.preacts(x_BD)
         idx_BK = pre_BF.detach().topk(self.cfg.k, dim=1, sorted=True).indices
         vals_BK = self.preacts_at(x_BD, pre_BF, idx_BK).relu()
-        hier = hierarchical_loss(x_BD, vals_BK, idx_BK, self.W_dec, self.b_dec)
+        y_BD = x_BD if target_BD is None else target_BD
+        hier = hierarchical_loss(y_BD, vals_BK, idx_BK, self.W_dec, self.b_dec)
         with torch.no_grad():  # the full-K level is one of the K levels already: report only
             recon_BD = self.decode_sparse(vals_BK, idx_BK)
-        terms = {"fvu": fvu_loss(x_BD, recon_BD), "hierarchical": hier}
-        return self._with_auxk(x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, hier, terms)
+        terms = {"fvu": fvu_loss(y_BD, recon_BD), "hierarchical": hier}
+        return self._with_auxk(x_BD, recon_BD, pre_BF, vals_BK, idx_BK, dead_F, hier, terms, target_BD)

@@ -106,10 +106,10 @@ class KronSAE(SAE):
         idx_BK = self.select(u, v, k or self.cfg.k)
         return self._at(u, v, idx_BK), idx_BK
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD=None) -> ForwardOutput:
         u, v = self.uv(x_BD)
         idx_BK = self.select(u.detach(), v.detach(), self.cfg.k)
         vals_BK = self._at(u, v, idx_BK)
         recon_BD = self.decode_sparse(vals_BK, idx_BK)
-        terms = {"fvu": fvu_loss(x_BD, recon_BD)}
-        return self._with_auxk(x_BD, recon_BD, None, vals_BK, idx_BK, dead_F, terms["fvu"], terms)
+        terms = {"fvu": fvu_loss(x_BD if target_BD is None else target_BD, recon_BD)}
+        return self._with_auxk(x_BD, recon_BD, None, vals_BK, idx_BK, dead_F, terms["fvu"], terms, target_BD)

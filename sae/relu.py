@@ -25,10 +25,10 @@ class ReluSAE(SAE):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return F.linear(x_BD - self.b_dec, self.W_enc, self.b_enc).relu()
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD=None) -> ForwardOutput:
         acts_BF = self.encode(x_BD)
         recon_BD = self.decode(acts_BF)
         # L1 on decoder-norm-weighted activations, per token, in units of the input's RMS norm.
         l1 = (acts_BF * self.W_dec.norm(dim=1)).sum(1).mean() / math.sqrt(self.cfg.d_in)
-        terms = {"fvu": fvu_loss(x_BD, recon_BD), "l1": l1}
+        terms = {"fvu": fvu_loss(x_BD if target_BD is None else target_BD, recon_BD), "l1": l1}
         return ForwardOutput(recon_BD, acts_BF, None, terms["fvu"] + self.cfg.l1_coeff * l1, terms)

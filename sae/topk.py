@@ -16,8 +16,8 @@ class TopKSAE(SAE):
         vals_BK, idx_BK = pre_BF.topk(k or self.cfg.k, dim=1, sorted=True)
         return vals_BK.relu(), idx_BK
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD=None) -> ForwardOutput:
         pre_BF = self.preacts(x_BD)
         idx_BK = pre_BF.detach().topk(self.cfg.k, dim=1, sorted=False).indices
         vals_BK = self.preacts_at(x_BD, pre_BF, idx_BK).relu()
-        return self._sparse_forward(x_BD, pre_BF, vals_BK, idx_BK, dead_F)
+        return self._sparse_forward(x_BD, pre_BF, vals_BK, idx_BK, dead_F, target_BD=target_BD)

@@ -56,6 +56,9 @@ class TrainConfig:
     """Shuffle buffer (rows held in memory and shuffled together)."""
     exclude_special: bool = False
     """Skip positions whose modality is 'special' (BOS, task and end tokens)."""
+    modality: str = "all"
+    """Train (and evaluate) on the positions of one modality only: all | text | speech (e.g. a text-only base
+    SAE for `ttslens boost` to teach speech)."""
     dead_tokens: int = 0
     """A latent that has not fired for this many tokens is dead (AuxK); 0 = min(10M, tokens / 20)."""
     eval_tokens: int = 16384
@@ -122,4 +125,6 @@ class TrainConfig:
         for k in self.RUNTIME:
             d.pop(k, None)
         d["sae"].pop("d_in", None)
+        if d.get("modality") == "all":  # runs from before the field resume as they were
+            d.pop("modality")
         return d

@@ -104,20 +104,59 @@ def init_from_batch(sae: SAE, x_BD: torch.Tensor, seed: int) -> SAE:
     return sae.train()
 
 
-def _init_sae(cfg: TrainConfig, source, dist: DistInfo, say) -> tuple[SAE, float]:
-    """Activation scale so that E||s x|| = sqrt(d), then `init_from_batch` on a first batch."""
+@torch.no_grad()
+def init_boost(sae: SAE, x_BD: torch.Tensor, e_BD: torch.Tensor, seed: int) -> SAE:
+    """An SAE Boost residual SAE: seeded tied init, no decoder bias (b_dec = 0, frozen: the encoder reads x
+    itself), the encoder scaled by the least-squares factor that best fits the base's error e."""
+    sae.reset_parameters(torch.Generator().manual_seed(seed))
+    r_BD = sae.eval()(x_BD).recon
+    c = float((e_BD * r_BD).sum() / r_BD.pow(2).sum().clamp_min(1e-12))
+    if c > 0:
+        sae.scale_encoder(c)
+    return sae.train()
+
+
+def boost_target(base: SAE, x_BD: torch.Tensor, scale: float) -> torch.Tensor:
+    """What a residual SAE learns on scaled rows x_BD = s·x: s·(x − x̂_base(x)) (the base reads raw x)."""
+    with torch.no_grad():
+        return x_BD - scale * base.reconstruct(x_BD / scale).to(x_BD.dtype)
+
+
+def _init_sae(cfg: TrainConfig, source, dist: DistInfo, say, boost_base: SAE | None = None) -> tuple[SAE, float]:
+    """Activation scale so that E||s x|| = sqrt(d), then `init_from_batch` on a first batch (`init_boost`
+    for the residual SAE of a boost)."""
     probe_batch = min(cfg.batch_size, 4096)
     probe = iter(
-        BatchStream(source, probe_batch, cfg.buffer_tokens, cfg.seed + 7919, exclude_special=cfg.exclude_special)
+        BatchStream(
+            source,
+            probe_batch,
+            cfg.buffer_tokens,
+            cfg.seed + 7919,
+            exclude_special=cfg.exclude_special,
+            modality=cfg.modality,
+        )  # fmt: skip
     )
     say(f"reading a first block of activations ({max(probe_batch, cfg.buffer_tokens)} rows) ...")
     x0, _ = next(probe)
     say(f"estimating the activation scale on 4 batches of {probe_batch} rows ...")
     scale = broadcast_float(math.sqrt(cfg.sae.d_in) / max(mean_norm(probe, 4), 1e-12))
-    say(f"initialising the SAE (b_dec = geometric median of {min(len(x0), 4096)} rows) ...")
-    sae = init_from_batch(make_sae(cfg.sae), x0[:4096] * scale, cfg.seed)
+    x0 = x0[:4096] * scale
+    if boost_base is not None:
+        say("initialising the residual SAE on the base SAE's error ...")
+        sae = init_boost(frozen_b_dec(make_sae(cfg.sae)), x0, boost_target(boost_base, x0, scale), cfg.seed)
+    else:
+        say(f"initialising the SAE (b_dec = geometric median of {min(len(x0), 4096)} rows) ...")
+        sae = init_from_batch(make_sae(cfg.sae), x0, cfg.seed)
     broadcast_module(sae)
     return sae, scale
+
+
+def frozen_b_dec(sae: SAE) -> SAE:
+    """No decoder bias (a boost's residual SAE): b_dec stays 0."""
+    with torch.no_grad():
+        sae.b_dec.zero_()
+    sae.b_dec.requires_grad_(False)
+    return sae
 
 
 def train_step(
@@ -129,6 +168,7 @@ def train_step(
     lr: float,
     cfg: TrainConfig,
     data_parallel: bool,
+    target_BD: torch.Tensor | None = None,
 ) -> ForwardOutput:
     """One optimiser step on this process's rows x_BD (already scaled). `model` is `sae` or its DDP
     wrapper; with `data_parallel` the step sees the processes' rows as one global batch (BatchTopK
@@ -137,7 +177,7 @@ def train_step(
         g["lr"] = lr
     autocast = torch.autocast(x_BD.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     with global_batch(data_parallel), autocast:
-        res = model(x_BD, dead_F=dead_F)
+        res = model(x_BD, dead_F=dead_F, target_BD=target_BD)
     opt.zero_grad(set_to_none=True)
     res.loss.backward()
     sae.remove_parallel_grads()
@@ -148,9 +188,10 @@ def train_step(
     return res
 
 
-def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, source=None, progress: bool = True, boost_base: SAE | None = None) -> TrainResult:
     """Train per `cfg`. `source`: an activation source, or (train source, eval source, metadata) —
-    how callers outside sae/ (e.g. a TTS backbone in audio/) supply data."""
+    how callers outside sae/ (e.g. a TTS backbone in audio/) supply data. `boost_base`: train the residual
+    SAE of an SAE Boost on that frozen SAE's error (`ttslens.sae.boost`); its metrics are the stitched SAE's."""
     dist = setup(cfg.device)
     out = Path(cfg.out)
 
@@ -174,24 +215,29 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
     identity = cfg.identity()
     state = checkpoint.load(out, identity, dist.world) if cfg.resume else None
     if state is None:
-        sae, scale = _init_sae(cfg, train_src, dist, say)
+        sae, scale = _init_sae(cfg, train_src, dist, say, boost_base)
         step, stream_state = 0, None
         since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long)
     else:
         sae = make_sae(cfg.sae)
         sae.load_state_dict(state["sae"])
+        if boost_base is not None:
+            frozen_b_dec(sae)
         scale, step, since_fired = state["scale"], state["step"], state["since_fired"]
         stream_state = StreamState(*state["stream"][dist.rank])
     sae.to(dist.device).train()
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_eff, betas=(0.9, 0.999))
+    if boost_base is not None:
+        boost_base = boost_base.to(dist.device).eval().requires_grad_(False)
     if state is not None:
         opt.load_state_dict(state["opt"])
     model = sae
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(sae)
     stream = BatchStream(
-        train_src, local_batch, cfg.buffer_tokens, cfg.seed, dist.rank, dist.world, cfg.exclude_special, stream_state
-    )
+        train_src, local_batch, cfg.buffer_tokens, cfg.seed, dist.rank, dist.world, cfg.exclude_special, stream_state,
+        cfg.modality,
+    )  # fmt: skip
     batches = iter(stream)
     dead_after = cfg.dead_tokens or min(10_000_000, max(cfg.batch_size, cfg.tokens // 20))
     since_fired = since_fired.to(dist.device)
@@ -240,7 +286,9 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
         x_BD, _meta = next(batches)
         x_BD = x_BD.to(dist.device) * scale
         dead_F = since_fired >= dead_after
-        res = train_step(model, sae, opt, x_BD, dead_F, cfg.lr_eff * cfg.lr_scale(step), cfg, dist.world > 1)
+        target_BD = None if boost_base is None else boost_target(boost_base, x_BD, scale)
+        lr = cfg.lr_eff * cfg.lr_scale(step)
+        res = train_step(model, sae, opt, x_BD, dead_F, lr, cfg, dist.world > 1, target_BD)
 
         fired_F = _fired(res, cfg.sae.d_sae)
         fired_F = all_sum(fired_F)
@@ -293,11 +341,17 @@ def train(cfg: TrainConfig, source=None, progress: bool = True) -> TrainResult:
                 cfg.buffer_tokens,
                 cfg.seed + 1,
                 exclude_special=cfg.exclude_special,
+                modality=cfg.modality,
             ),
             cfg.eval_tokens,
         )
-        metrics = evaluate(result, eval_batches)
-        metrics.update(l0_vs_k(result, metrics))
+        if boost_base is None:
+            metrics = evaluate(result, eval_batches)
+            metrics.update(l0_vs_k(result, metrics))
+        else:
+            from ttslens.sae.boost import stitch
+
+            metrics = {"stitched": evaluate(stitch(boost_base.cpu(), result), eval_batches)}
         extra = {**info, "train": asdict(cfg), "activation_scale": scale, "metrics": metrics, **calibration}
         save_sae(result, out, extra)
         atomic_write_json(out / "metrics.json", metrics)
