@@ -38,6 +38,7 @@ def _commands():
     )
     from ttslens.sae.flow import FlowConfig, run_flow
     from ttslens.sae.match import MatchConfig
+    from ttslens.sae.stability import StabilityConfig, run_stability
     from ttslens.sae.training import TrainConfig
 
     def do_train(cfg):
@@ -54,6 +55,7 @@ def _commands():
         ),
         "match": (MatchConfig, run_match, "match SAE features across layers (SAE Match) and measure layer skipping"),
         "boost": (BoostConfig, run_boost, "teach a frozen SAE a new domain with a residual SAE (SAE Boost)"),
+        "stability": (StabilityConfig, run_stability, "which features reappear across seeds; a pooled, stabler SAE"),
         "flow": (FlowConfig, run_flow, "trace a feature through layers: its residual / MLP / attention sources"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),

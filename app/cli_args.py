@@ -95,7 +95,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     fields = list(_fields(cls))
     has_positional = any(f.metadata.get("positional") for _, f, _, _, _ in fields)
     for path, f, t, doc, default in fields:
-        flag = "--" + ALIASES.get(path[-1], path[-1]).replace("_", "-")
+        flag = "--" + (f.metadata.get("flag") or ALIASES.get(path[-1], path[-1])).replace("_", "-")
         dest = "__".join(path)
         if more := f.metadata.get("help", "").replace("%", "%%"):
             doc = f"{doc} {more[:1].upper()}{more[1:]}.".strip()

@@ -33,7 +33,9 @@ def card_html(c: dict) -> str:
         f"<h3>#{c['feature']} · {e(str(c.get('label') or ''))}</h3><p>{e(str(c.get('modality')))} · speech share "
         f"{fmt(c.get('speech_share'))} · labeler {e(str(c.get('labeler')))} · confident {e(str(c.get('confident')))}"
         f" · fires {fmt(c.get('fires'))} · freq {fmt(c.get('freq'))} · max act {fmt(c.get('max_act'))}"
-        f" · mean act {fmt(c.get('mean_act'))}</p>"
+        f" · mean act {fmt(c.get('mean_act'))}"
+        + (f" · stability across seeds {fmt(c['stability'])}" if c.get("stability") is not None else "")
+        + "</p>"
     )
     scores = "".join(f"<tr><td>{e(str(k))}</td><td>{e(fmt(v))}</td></tr>" for k, v in sc.items())
     rows = "".join(

@@ -20,7 +20,7 @@ SLIDER = 8.0  # slider range: strengths are multiples of the feature's mean acti
 N_PICKS = 3  # extra feature pickers per tab
 EDIT_COLUMNS = ["layer", "feature", "op", "alpha", "mean act", "source", "label"]
 DOSE_COLUMNS = ["alpha", "mean", "ci_lo", "ci_hi", "content", "n"]
-BROWSE_COLUMNS = ["feature", "modality", "label", "auroc", "fires", "freq", "max_act"]
+BROWSE_COLUMNS = ["feature", "modality", "label", "auroc", "fires", "freq", "max_act", "stability"]
 NEAREST_COLUMNS = ["feature", "cosine", "label"]
 
 

@@ -41,8 +41,11 @@ def split_window(window: str) -> tuple[str, str, str]:
 class FeatureIndex:
     """One SAE's labels and unit-norm decoder rows."""
 
-    def __init__(self, records: dict[int, dict], W_dec: torch.Tensor, labels_dir: Path, name: str = ""):
+    def __init__(
+        self, records: dict[int, dict], W_dec: torch.Tensor, labels_dir: Path, name: str = "", stability=None
+    ):
         self.records, self.labels_dir, self.name = records, Path(labels_dir), name
+        self.stability: list[float] | None = stability  # per feature, from a `ttslens stability` run
         self.n_features = W_dec.shape[0]
         self.unit = W_dec.float() / W_dec.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -57,7 +60,16 @@ class FeatureIndex:
         bad = [f for f in records if not 0 <= f < W.shape[0]]
         if bad:
             raise BadInput(f"{path} labels feature {bad[0]}, but the SAE at {sae_dir} has 0..{W.shape[0] - 1}")
-        return cls(records, W, labels_dir, str(sae_dir))
+        from ttslens.sae.stability import read_stability
+
+        stability = read_stability(sae_dir)
+        if stability is not None and len(stability) != W.shape[0]:
+            stability = None  # left by a run on another SAE of this directory: not this one's
+        return cls(records, W, labels_dir, str(sae_dir), stability)
+
+    def stability_of(self, f: int) -> float | None:
+        r = self.records.get(f) or {}
+        return r.get("stability", self.stability[f] if self.stability else None)
 
     # ---- the table -------------------------------------------------------------------------------
     def filter(self, modality: str = "all", query: str = "", min_auroc: float = 0.0) -> list[dict]:
@@ -87,6 +99,7 @@ class FeatureIndex:
                     "fires": r.get("fires"),
                     "freq": r.get("freq"),
                     "max_act": r.get("max_act"),
+                    "stability": self.stability_of(f),
                 }
             )
         return rows
@@ -155,6 +168,7 @@ class FeatureIndex:
         return {
             "feature": f,
             **{k: r.get(k) for k in keys},
+            "stability": self.stability_of(f),
             "scores": r.get("scores") or {},
             "failure": r.get("failure"),
             "histogram": r.get("histogram") or {"edges": [], "counts": []},

@@ -22,7 +22,12 @@ from ttslens.sae.files import atomic_path, atomic_write_json
 
 
 def write_outputs(job, records: list[dict], summary: dict) -> None:
+    from ttslens.sae.stability import read_stability
+
     out: Path = job.out
+    stability = read_stability(job.sae_dir)  # a `ttslens stability` run on this SAE: each record carries its own
+    if stability is not None and len(stability) == job.sae.cfg.d_sae:
+        records = [{**r, "stability": stability[int(r["feature"])]} for r in records]
     with atomic_path(out / "labels.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     atomic_write_json(out / "summary.json", summary)

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from ttslens.sae.base import SAEConfig
 from ttslens.sae.files import load_sae
-from ttslens.sae.synthetic import mean_max_cosine
+from ttslens.sae.synthetic import make_superposition, mean_max_cosine, write_synthetic
 from ttslens.sae.training import TrainConfig, checkpoint, train
 
 
@@ -42,8 +42,11 @@ def test_training_reduces_fvu(synthetic, tmp_path, arch):
     assert (tmp_path / arch / "cfg.json").exists() and (tmp_path / arch / "metrics.json").exists()
 
 
-def test_batchtopk_recovers_true_dictionary(synthetic, tmp_path):
-    path, syn = synthetic
+def test_batchtopk_recovers_true_dictionary(tmp_path):
+    """128 true features in 64 dimensions (generated with a seed no SAE init uses: seed s starts an SAE's
+    decoder at randn(seed=s), so data of the same seed would hand it the answer)."""
+    syn = make_superposition(40_000, 64, 128, 4, seed=101)
+    path = write_synthetic(tmp_path / "acts.safetensors", syn)
     res = train(_cfg(path, tmp_path / "gt", tokens=300 * 512, lr=3e-3), progress=False)
     assert mean_max_cosine(res.sae.W_dec.detach(), syn.dictionary) > 0.9
     assert abs(res.metrics["l0"] - 4) < 1.5  # inference threshold gives ~k per token
