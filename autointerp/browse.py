@@ -41,9 +41,7 @@ def split_window(window: str) -> tuple[str, str, str]:
 class FeatureIndex:
     """One SAE's labels and unit-norm decoder rows."""
 
-    def __init__(
-        self, records: dict[int, dict], W_dec: torch.Tensor, labels_dir: Path, name: str = "", stability=None
-    ):
+    def __init__(self, records: dict[int, dict], W_dec: torch.Tensor, labels_dir: Path, name: str = "", stability=None):
         self.records, self.labels_dir, self.name = records, Path(labels_dir), name
         self.stability: list[float] | None = stability  # per feature, from a `ttslens stability` run
         self.n_features = W_dec.shape[0]
