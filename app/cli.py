@@ -23,7 +23,7 @@ def _commands():
         run_quickstart,
         run_synthesize,
     )
-    from ttslens.audio.harvest import run_boost, run_harvest, run_match, train_sae
+    from ttslens.audio.harvest import run_boost, run_eval, run_harvest, run_match, train_sae
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, run_presets
     from ttslens.audio.voices import VoicesConfig, run_voices
@@ -33,7 +33,6 @@ def _commands():
         EvalConfig,
         HarvestConfig,
         TextQuickstartConfig,
-        run_eval,
         run_text_quickstart,
     )
     from ttslens.sae.flow import FlowConfig, run_flow

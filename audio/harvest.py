@@ -164,6 +164,36 @@ def run_match(cfg):
     return match.run_match(cfg, evaluator)
 
 
+def run_eval(cfg):
+    """`ttslens eval`: `ttslens.sae.commands.run_eval`, or on a TTS backbone's held-out corpus (per modality) with
+    the speech-token CE (--ce-sequences items) when the SAE was trained on one (or --backbone is given)."""
+    from ttslens.audio.backbones.registry import backbone_spec
+    from ttslens.sae import commands
+    from ttslens.sae.activations import BatchStream, take_tokens
+    from ttslens.sae.files import atomic_write_json, load_sae, sae_info
+    from ttslens.sae.hooks import hook_of
+    from ttslens.sae.metrics import evaluate
+
+    info = sae_info(cfg.sae)
+    spec = backbone_spec(cfg.backbone, cfg.model_dir)
+    if not spec and not (cfg.activations or cfg.model):
+        spec = info.get("backbone") or ""
+    if not spec:
+        return commands.run_eval(cfg)
+    sae, layer, hook = load_sae(cfg.sae, cfg.device), int(info.get("layer") or 0), hook_of(info.get("hook_name"))
+    _, held, _ = backbone_sources(spec, layer, None, cfg.device, cfg.dtype, hook)
+    if held.d != sae.cfg.d_in:
+        raise BadInput(f"SAE d_in={sae.cfg.d_in} does not match the width {held.d} of {spec}: use one of its SAEs")
+    metrics = {"sae": cfg.sae, "backbone": spec}
+    metrics |= evaluate(sae.cpu(), take_tokens(BatchStream(held, 4096, 65536, cfg.seed), cfg.tokens))
+    if cfg.ce_sequences and hook == "resid":
+        metrics["speech_ce"] = speech_ce(held.backbone, sae, layer, held.items[: cfg.ce_sequences])
+    metrics |= commands.l0_vs_k(sae, metrics, commands._recorded_k(cfg.sae))
+    if cfg.out:
+        atomic_write_json(cfg.out, metrics)
+    return metrics
+
+
 def run_boost(cfg):
     """`ttslens boost`: `ttslens.sae.boost.run_boost`; for a TTS backbone the data are its teacher-forced
     corpus and the CE is the speech-token CE (held-out items) with each SAE spliced in."""

@@ -138,8 +138,7 @@ def evaluate_parts(base: SAE, stitched: SAE, domain_batches, general_batches) ->
 
     out = {}
     for name, batches in (("domain", domain_batches), ("general", general_batches)):
-        rows = list(batches)
-        out[name] = {"base": evaluate(base, rows), "stitched": evaluate(stitched, rows)}
+        out[name] = {"base": evaluate(base, batches), "stitched": evaluate(stitched, batches)}
     g = out["general"]
     b_ev, s_ev = g["base"].get("explained_variance"), g["stitched"].get("explained_variance")
     out["general_retention"] = None if not b_ev else s_ev / b_ev
@@ -151,7 +150,7 @@ def evaluate_parts(base: SAE, stitched: SAE, domain_batches, general_batches) ->
 
 def run_boost(cfg: BoostConfig, data: BoostData | None = None, progress: bool = True) -> dict:
     """Train the residual SAE, stitch, evaluate; the stitched SAE lands in cfg.out (see the module doc)."""
-    from ttslens.sae.activations import BatchStream, take_tokens
+    from ttslens.sae.activations import MODALITIES, BatchStream, take_tokens
     from ttslens.sae.training.trainer import build_source, train
 
     base, info = check_base(cfg)
@@ -171,10 +170,21 @@ def run_boost(cfg: BoostConfig, data: BoostData | None = None, progress: bool = 
     g_mod = cfg.general_modality or info.get("train", {}).get("modality", "all")
     n = cfg.eval_tokens
 
-    def rows(src, modality):
-        return take_tokens(BatchStream(src, min(n, 4096), cfg.buffer_tokens, cfg.seed + 1, modality=modality), n)
+    def rows(src, modality, n=n):
+        return list(take_tokens(BatchStream(src, min(n, 4096), cfg.buffer_tokens, cfg.seed + 1, modality=modality), n))
 
-    metrics = evaluate_parts(base, stitched, rows(data.domain[1], cfg.modality), rows(data.general, g_mod))
+    def only(batches, modality):
+        if modality == "all":
+            return batches
+        keep = MODALITIES.index(modality)
+        return [(x[m["modality"] == keep], {k: v[m["modality"] == keep] for k, v in m.items()}) for x, m in batches]
+
+    if data.general is data.domain[1]:  # one pass over the held-out data serves both
+        both = rows(data.domain[1], "all", 2 * n)
+        domain_rows, general_rows = only(both, cfg.modality), only(both, g_mod)
+    else:
+        domain_rows, general_rows = rows(data.domain[1], cfg.modality), rows(data.general, g_mod)
+    metrics = evaluate_parts(base, stitched, domain_rows, general_rows)
     metrics["domain_modality"], metrics["general_modality"] = cfg.modality, g_mod
     if data.ce is not None:
         metrics["ce"] = {"base": data.ce(base), "stitched": data.ce(stitched)}

@@ -27,6 +27,11 @@ class EvalConfig:
     """Causal LM for CE recovered and for harvesting (default: the SAE's source model)."""
     dataset: str = ""
     """Text dataset for --model (default: the SAE's training dataset)."""
+    backbone: str = ""
+    """A TTS backbone to evaluate on (its held-out corpus, speech-token CE; default: the SAE's, when it records one
+    and neither --activations nor --model is given)."""
+    model_dir: str = ""
+    """The backbone's model directory or hub id (the same as --backbone NAME:DIR)."""
     tokens: int = 65536
     """Tokens to evaluate on."""
     ce_sequences: int = 16

@@ -345,13 +345,9 @@ def train(cfg: TrainConfig, source=None, progress: bool = True, boost_base: SAE 
             ),
             cfg.eval_tokens,
         )
-        if boost_base is None:
+        if boost_base is None:  # a boost's residual SAE alone reconstructs no x: `run_boost` evaluates it stitched
             metrics = evaluate(result, eval_batches)
             metrics.update(l0_vs_k(result, metrics))
-        else:
-            from ttslens.sae.boost import stitch
-
-            metrics = {"stitched": evaluate(stitch(boost_base.cpu(), result), eval_batches)}
         extra = {**info, "train": asdict(cfg), "activation_scale": scale, "metrics": metrics, **calibration}
         save_sae(result, out, extra)
         atomic_write_json(out / "metrics.json", metrics)

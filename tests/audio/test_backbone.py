@@ -192,6 +192,36 @@ def test_train_an_sae_on_the_backbone_per_modality(small_assets, tmp_path, capsy
     assert {"text", "speech"} <= set(metrics["by_modality"])
     assert metrics["by_modality"]["speech"]["tokens"] > 0
     assert cli([*argv[:3], "--layer", "9", *argv[5:], "--overwrite"]) == 2
+    # `eval` on the backbone the SAE records: per modality, with the speech-token CE
+    assert cli(["eval", "--sae", str(out), "--tokens", "2048", "--ce-sequences", "2"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["backbone"] == str(small_assets) and {"text", "speech"} <= set(ev["by_modality"])
+    assert ev["speech_ce"]["ce_clean"] < ev["speech_ce"]["ce_zero"]
+
+
+def test_boost_a_text_only_sae_with_speech_positions(small_assets, tmp_path, capsys):
+    """`train --modality text` sees text rows only; `boost --modality speech` adds a residual SAE for the speech
+    rows, and the stitched SAE evaluates, per modality and by speech CE, like any other."""
+    base, boosted = tmp_path / "base", tmp_path / "boosted"
+    common = ["--backbone", str(small_assets), "--tokens", "4096", "--batch-size", "512", "--eval-tokens", "1024"]
+    assert (
+        cli(["train", *common, "--layer", "1", "--latents", "64", "--k", "4", "--modality", "text", "--out", str(base)])
+        == 0
+    )
+    assert set(json.loads(capsys.readouterr().out)["by_modality"]) == {"text"}
+    assert (
+        cli(["boost", "--base", str(base), *common, "--modality", "speech", "--latents", "32", "--out", str(boosted)])
+        == 0
+    )
+    rep = json.loads((boosted / "boost.json").read_text())
+    assert set(rep["domain"]["base"]["by_modality"]) == {"speech"} and set(rep["general"]["base"]["by_modality"]) == {
+        "text"
+    }
+    assert rep["general_modality"] == "text" and rep["ce"]["stitched"]["ce_sae"] > 0
+    assert rep["domain"]["stitched"]["explained_variance"] > rep["domain"]["base"]["explained_variance"]
+    capsys.readouterr()
+    assert cli(["eval", "--sae", str(boosted), "--tokens", "1024", "--ce-sequences", "2"]) == 0
+    assert {"text", "speech"} <= set(json.loads(capsys.readouterr().out)["by_modality"])
 
 
 def test_shipped_backbone_loads_and_speaks():
