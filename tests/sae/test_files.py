@@ -183,3 +183,25 @@ def test_sae_lens_version_is_the_installed_one(tmp_path, monkeypatch):
     save_sae(_random_sae("topk"), tmp_path / "none")
     assert "sae_lens_version" not in json.loads((tmp_path / "none" / "cfg.json").read_text())["metadata"]
     torch.testing.assert_close(load_sae(tmp_path / "none").W_enc, _random_sae("topk").W_enc)
+
+
+def test_saelens_loads_a_stitched_boost_sae(tmp_path):
+    """base + residual (SAE Boost) saved as one SAE: SAELens reads it as jumprelu, with base + residual's output."""
+    from ttslens.sae.boost import stitch
+
+    base = _random_sae("batchtopk")
+    residual = _random_sae("relu", F=32)
+    with torch.no_grad():
+        residual.b_dec.zero_()
+    save_sae(
+        stitch(base, residual),
+        tmp_path / "stitched",
+        {"model_name": "tiny", "hook_name": "blocks.3.hook_resid_post", "layer": 3},
+    )
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "stitched"))
+    assert theirs.cfg.architecture() == "jumprelu" and theirs.cfg.d_sae == 96 + 32
+    x = torch.randn(50, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            theirs.decode(theirs.encode(x)), base.reconstruct(x) + residual.reconstruct(x), rtol=1e-4, atol=1e-4
+        )
