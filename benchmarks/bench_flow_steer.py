@@ -47,6 +47,33 @@ def at_equal_content(rows: list[dict], budget: float) -> dict | None:
     return max(ok, key=lambda r: abs(r["alpha"])) if ok else None
 
 
+def plot(out: dict, path: Path) -> None:
+    """Dose-response per attribute: the attribute measure and WER against strength, single vs flow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {a: r for a, r in out["runs"].items() if "single" in r}
+    fig, axes = plt.subplots(2, max(1, len(runs)), figsize=(4 * max(1, len(runs)), 5.6), squeeze=False)
+    for j, (attribute, run) in enumerate(runs.items()):
+        for mode, colour in (("single", "#3b6ea8"), ("flow", "#c2662d")):
+            rows = run[mode]["rows"]
+            a = [r["alpha"] for r in rows]
+            axes[0][j].errorbar(a, [r["mean"] for r in rows], yerr=[[r["mean"] - r["ci_lo"] for r in rows],
+                                [r["ci_hi"] - r["mean"] for r in rows]], marker="o", color=colour, label=mode,
+                                capsize=3)  # fmt: skip
+            axes[1][j].plot(a, [r["wer"] for r in rows], marker="o", color=colour, label=mode)
+        axes[0][j].set_title(f"{attribute}: 3/{run['feature']} ({run['side']})")
+        axes[0][j].set_ylabel(attribute)
+        axes[1][j].set_ylabel("WER (Whisper tiny.en)")
+        axes[1][j].set_xlabel("strength α (× mean activation)")
+        axes[0][j].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/flow_long", help="the six residual SAEs (trained there when missing)")
@@ -57,7 +84,11 @@ def main() -> None:
     ap.add_argument("--wer-budget", type=float, default=0.15, help="WER loss allowed for 'equal content'")
     ap.add_argument("--attributes", default="rate,gender,laughter")
     ap.add_argument("--out", default=str(RESULTS / "flow_steer.json"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from --out")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, resolve_presets
     from ttslens.sae.files import load_sae
@@ -91,6 +122,7 @@ def main() -> None:
             print(attribute, mode, [(r["alpha"], r["mean"], r.get("wer")) for r in rows], flush=True)
     out["command"] = " ".join(["python benchmarks/bench_flow_steer.py", *sys.argv[1:]])
     Path(args.out).write_text(json.dumps(out, indent=1))
+    plot(out, Path(args.out).with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
 
     python benchmarks/bench_stability.py      # → results/stability.json, stability_synthetic.png,
                                               #   stability_demo.png; ~20 min on 2 cores
+    python benchmarks/bench_stability.py --skip-synthetic --demo-tokens 1500000 --work runs/stability_long \
+        --out benchmarks/results/stability_long.json                        # SAEs trained 3.75x longer; ~40 min
 """
 
 from __future__ import annotations
@@ -96,15 +98,19 @@ def main() -> None:
     ap.add_argument("--demo-tokens", type=int, default=400_000)
     ap.add_argument("--demo-latents", type=int, default=1024)
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "stability.json"))
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    out = {"synthetic": synthetic(work, args.seeds, args.synthetic_tokens)}
-    shutil.copy(work / "synthetic" / "stability.png", Path(args.out).with_name("stability_synthetic.png"))
+    stem = Path(args.out).stem
+    out = {}
+    if not args.skip_synthetic:
+        out["synthetic"] = synthetic(work, args.seeds, args.synthetic_tokens)
+        shutil.copy(work / "synthetic" / "stability.png", Path(args.out).with_name(f"{stem}_synthetic.png"))
     if not args.skip_demo:
         out["demo"] = demo(work, args.demo_seeds, args.demo_tokens, args.demo_latents)
-        shutil.copy(work / "demo" / "stability.png", Path(args.out).with_name("stability_demo.png"))
+        shutil.copy(work / "demo" / "stability.png", Path(args.out).with_name(f"{stem}_demo.png"))
     out["command"] = " ".join(["python benchmarks/bench_stability.py", *sys.argv[1:]])
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1)[:4000])
