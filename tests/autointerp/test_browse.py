@@ -72,7 +72,7 @@ def test_filter_modality_search_and_auroc(idx):
     assert [r["feature"] for r in idx.filter("text", "the", 0.9)] == [0]
     row = idx.filter(query="today")[0]
     assert row == {"feature": 1, "modality": "text", "label": "the word 'today'", "auroc": 0.62, "fires": 10,
-                   "freq": 0.01, "max_act": 3.0}  # fmt: skip
+                   "freq": 0.01, "max_act": 3.0, "stability": None}  # fmt: skip
     for bad in [("voices", "", 0), ("all", "", 1.5), ("all", "", float("nan"))]:
         with pytest.raises(ValueError):
             idx.filter(*bad)
