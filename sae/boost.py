@@ -15,8 +15,10 @@ stitched SAE into DIR itself, with the domain / general evaluation in DIR/boost.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -87,16 +89,17 @@ class BoostConfig(TrainConfig):
     """The stitched SAE's directory (the residual SAE's run goes in OUT/residual/)."""
 
 
-class BoostData:
-    """What `run_boost` trains and evaluates on: (train, held-out, metadata) sources as `train` takes them, a
-    general-data source, and a CE function (`ce(sae)` → CE-recovered dict) where the model is at hand."""
+class BoostData(NamedTuple):
+    """What `run_boost` trains and evaluates on."""
 
-    def __init__(self, domain: tuple, general, ce=None) -> None:
-        self.domain, self.general, self.ce = domain, general, ce
+    domain: tuple  # (train, held-out, metadata) sources, as `train` takes them
+    general: object  # the general-data source (the retention check)
+    ce: Callable | None = None  # ce(sae) → CE-recovered dict, where the model is at hand
 
 
 def check_base(cfg: BoostConfig) -> tuple[SAE, dict]:
-    """The base SAE, checked against the run's options (one line per mismatch)."""
+    """The base SAE, checked against the run's options (one line per mismatch); sets cfg.layer / cfg.hook to the
+    base's."""
     if not cfg.base:
         raise BadInput("give the frozen base SAE: --base SAE_DIR")
     base, info = load_sae(cfg.base), sae_info(cfg.base)

@@ -269,10 +269,15 @@ def run_stability(cfg: StabilityConfig, progress: bool = True) -> dict:
             "or --backbone"
         )
     else:
-        summary["ev"] = [contributions(s, rows)["ev"] for s in saes]
+        summary["ev"] = [contrib["ev"], *[contributions(s, rows)["ev"] for s in saes[1:]]]
         summary |= correlations(stab, contrib)
     summary["subspaces"] = subspaces(saes, [p[0] for p in per], cfg.rank)
-    if cfg.pool and len(saes) >= 3:  # ranked by stability among the pooled seeds only: the last one scores it
+    from ttslens.sae.boost import STITCHABLE
+
+    poolable = all(sae.cfg.arch in STITCHABLE for sae in saes)
+    if cfg.pool and not poolable:
+        note("the pooled SAE keeps each feature's own threshold, so it needs batchtopk / relu SAEs: skipped")
+    elif cfg.pool and len(saes) >= 3:  # ranked by stability among the pooled seeds only: the last one scores it
         among = [
             stability([s, *[o for o in saes[:-1] if o is not s]], cfg.threshold, cfg.encoder)[0] for s in saes[:-1]
         ]
