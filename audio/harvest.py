@@ -205,9 +205,11 @@ def run_boost(cfg):
     boost.check_base(cfg)
     spec = backbone_spec(cfg.backbone, cfg.model_dir)
     domain = backbone_sources(spec, cfg.layer, cfg.corpus or None, cfg.device, cfg.model_dtype, cfg.hook)
-    general = domain[1]
+    general, general_train = domain[1], None
     if cfg.general:
-        general = backbone_sources(spec, cfg.layer, cfg.general, cfg.device, cfg.model_dtype, cfg.hook)[1]
+        general_train, general, _ = backbone_sources(
+            spec, cfg.layer, cfg.general, cfg.device, cfg.model_dtype, cfg.hook
+        )
     held = domain[1]
     ce = None
     if cfg.hook == "resid":
@@ -215,7 +217,7 @@ def run_boost(cfg):
         def ce(sae):
             return speech_ce(held.backbone, sae, cfg.layer, held.items[:32])
 
-    return boost.run_boost(cfg, boost.BoostData(domain, general, ce))
+    return boost.run_boost(cfg, boost.BoostData(domain, general, ce, general_train))
 
 
 def run_harvest(cfg):

@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=1024, help="width of the base and of the residual SAE")
     ap.add_argument("--boost-k", type=int, default=8)
     ap.add_argument("--variants", default="speech,all", help="rows the residual SAE is trained on, one run each")
+    ap.add_argument("--retain", type=float, default=1.0, help="`ttslens boost --retain` (0: no retention calibration)")
     ap.add_argument("--out", default=str(RESULTS / "boost.json"))
     args = ap.parse_args()
     from ttslens.audio.harvest import run_boost, train_sae
@@ -65,11 +66,14 @@ def main() -> None:
     probes = {"base": probe(base, args.latents)}
     for variant in args.variants.split(","):
         boosted = work / f"boosted_{variant}"
-        if not (boosted / "boost.json").exists():
+        done = boosted / "boost.json"
+        calibrated = done.exists() and "retention_calibration" in json.loads(done.read_text())
+        if not done.exists() or (args.retain > 0 and not calibrated):
             cfg = BoostConfig(
                 sae=SAEConfig(d_sae=args.latents, k=args.boost_k), base=str(base), backbone="demo", modality=variant,
                 general_modality="text", tokens=args.boost_tokens, batch_size=2048, seed=4, eval_tokens=8192,
-                calibration_tokens=16384, out=str(boosted), overwrite=True,
+                calibration_tokens=16384, out=str(boosted), overwrite=True, retain=args.retain,
+                resume=(boosted / "residual" / "checkpoint.pt").exists(),  # a finished residual SAE is reused
             )  # fmt: skip
             run_boost(cfg)
         rep = json.loads((boosted / "boost.json").read_text())
@@ -85,6 +89,7 @@ def main() -> None:
                 for p in ("domain", "general") for m in by[p]["base"]
             },
             "general_retention": rep["general_retention"],
+            "retention_calibration": rep.get("retention_calibration"),
             "speech_ce": rep.get("ce"),
             "boost": rep,
         }  # fmt: skip

@@ -26,9 +26,10 @@ def save(out: Path, state: dict) -> None:
     atomic_torch_save(out / CKPT, state)
 
 
-def load(out: Path, identity: dict, world: int = 1) -> dict:
-    """The checkpoint in `out`, if it continues this run: same identity (config) and the same number of
-    processes (each one's data stream position is part of the state)."""
+def load(out: Path, identity: dict, world: int = 1, ignore: tuple[str, ...] = ()) -> dict:
+    """The checkpoint in `out`, if it continues this run: same identity (config, less the `ignore` fields an
+    older checkpoint may still hold) and the same number of processes (each one's data stream position is part
+    of the state)."""
     try:
         state = torch.load(out / CKPT, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -39,8 +40,9 @@ def load(out: Path, identity: dict, world: int = 1) -> dict:
             f"--resume: {out / CKPT} was written by {saved} process(es), this run has {world}; "
             f"resume with --nproc_per_node {saved} (torchrun) or start a new --out"
         )
-    if state["identity"] != identity:
-        a, b = _flat(state["identity"]), _flat(identity)
+    saved_identity = {k: v for k, v in state["identity"].items() if k not in ignore}
+    if saved_identity != identity:
+        a, b = _flat(saved_identity), _flat(identity)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise BadInput(
             f"--resume with a changed config ({', '.join(diff)}); use the original settings "

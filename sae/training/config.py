@@ -117,8 +117,9 @@ class TrainConfig:
             return max(0.0, (self.steps - step) / max(1, self.steps - decay_start))
         return 1.0
 
-    # fields that may change between a run and its --resume
+    # fields that may change between a run and its --resume (out: a run directory moved elsewhere resumes)
     RUNTIME = ("resume", "overwrite", "log_every", "device", "checkpoint_every", "model_batch", "calibration_tokens")
+    RUNTIME += ("out",)
 
     def identity(self) -> dict:
         d = asdict(self)

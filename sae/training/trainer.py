@@ -213,7 +213,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True, boost_base: SAE 
 
     # ---- model, optimiser, data position: fresh or from the checkpoint -------------------------
     identity = cfg.identity()
-    state = checkpoint.load(out, identity, dist.world) if cfg.resume else None
+    state = checkpoint.load(out, identity, dist.world, cfg.RUNTIME) if cfg.resume else None
     if state is None:
         sae, scale = _init_sae(cfg, train_src, dist, say, boost_base)
         step, stream_state = 0, None

@@ -9,7 +9,7 @@ import torch
 
 from ttslens.app.cli import main as cli
 from ttslens.sae.base import SAEConfig, make_sae
-from ttslens.sae.boost import stitch
+from ttslens.sae.boost import calibrate_retention, stitch
 from ttslens.sae.files import load_sae, save_sae
 from ttslens.sae.synthetic import Synthetic, write_synthetic
 
@@ -44,6 +44,45 @@ def test_stitched_output_is_base_plus_residual_and_boosts_stack(base_arch):
         stitch(_random("topk", 16, 40, 0), r1)
     with pytest.raises(ValueError, match="no decoder bias"):
         stitch(base, _random("batchtopk", 16, 12, 1))
+
+
+def test_retention_calibration_silences_a_boost_latent_only_where_it_hurts():
+    """Base: 4 exact directions (general rows are reconstructed exactly). Boost latent A reads e4 + 0.5 e0 and
+    writes e4: it fires on general rows too (pre-activation 0.5 x0 ≤ 0.5) and spoils them, while on domain rows
+    (e4 component 2–3) it carries the missing direction. Latent B never fires. Calibration must lift A's threshold
+    above every general pre-activation and below every domain one, and leave B alone."""
+    g = torch.Generator().manual_seed(0)
+    eye = torch.eye(8)
+    base = make_sae(SAEConfig(arch="relu", d_in=8, d_sae=4))
+    boost = make_sae(SAEConfig(arch="relu", d_in=8, d_sae=2))
+    with torch.no_grad():
+        for sae in (base, boost):
+            sae.b_enc.zero_()
+            sae.b_dec.zero_()
+        base.W_enc.copy_(eye[:4])
+        base.W_dec.copy_(eye[:4])
+        boost.W_enc.copy_(torch.stack([eye[4] + 0.5 * eye[0], eye[5]]))
+        boost.W_dec.copy_(eye[4:6])
+    stitched = stitch(base.eval(), boost.eval())
+    general = torch.cat([torch.rand(2000, 4, generator=g), torch.zeros(2000, 4)], 1)
+    domain = general.clone()
+    domain[:, 4] = 2 + torch.rand(2000, generator=g)
+
+    def ev(x):
+        r = stitched.reconstruct(x).detach()
+        return float(1 - ((x - r) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+    assert ev(general) < 0.99
+    domain_before = ev(domain)
+    info = calibrate_retention(stitched, 4, [(domain, {})], [(general, {})], weight=0.0)
+    assert info["latents_raised"] == 0 and float(stitched.threshold[4:].max()) == 0
+    info = calibrate_retention(stitched, 4, [(domain, {})], [(general, {})], weight=1.0)
+    assert info["latents_raised"] == 1, info
+    theta = float(stitched.threshold[4])
+    assert 0.5 * float(general[:, 0].max()) <= theta < 2.0, theta
+    assert float(stitched.threshold[5]) == 0 and float(stitched.threshold[:4].max()) == 0
+    assert ev(general) > 0.9999
+    assert abs(ev(domain) - domain_before) < 1e-6
 
 
 def _write(path, x):
@@ -81,8 +120,13 @@ def test_boost_learns_what_the_base_misses_and_keeps_the_general_data(tmp_path):
     dom, gen = rep["domain"], rep["general"]
     assert dom["stitched"]["explained_variance"] > dom["base"]["explained_variance"] + 0.1, dom
     assert rep["general_retention"] >= 0.99, rep
+    cal = rep["retention_calibration"]
+    assert cal["weight"] == 1.0 and rep["general_retention"] >= cal["before"]["general_retention"] - 1e-6, cal
     stitched, residual = load_sae(out), load_sae(out / "residual")
     base_sae = load_sae(base)
+    assert bool((stitched.threshold[128:] >= residual.threshold).all())  # calibration only raises them
+    with torch.no_grad():  # the stitched SAE is base + the residual SAE under its calibrated thresholds
+        residual.threshold.copy_(stitched.threshold[128:])
     rows = (domain_codes @ D)[:500]
     torch.testing.assert_close(
         stitched.reconstruct(rows), base_sae.reconstruct(rows) + residual.reconstruct(rows), rtol=0, atol=1e-4
@@ -133,6 +177,7 @@ def test_boost_refuses_bad_input_in_one_line(tmp_path, capsys, synthetic):
         (["--base", str(ok), "--arch", "topk"], "cannot be stitched"),
         (["--base", str(ok), "--layer", "3"], "drop --layer"),
         (["--base", str(ok), "--out", str(other)], "holds another run"),
+        (["--base", str(ok), "--retain", "-1"], "--retain -1.0: give a weight ≥ 0"),
         ([], "--base"),
     ]
     for extra, message in cases:

@@ -78,10 +78,11 @@ def test_resume_is_bit_identical(synthetic, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(path, tmp_path / "run", checkpoint_every=10 * 512), progress=False)
     monkeypatch.setattr(checkpoint, "save", real_save)
-    resumed = train(_cfg(path, tmp_path / "run", checkpoint_every=10 * 512, resume=True), progress=False)
+    (tmp_path / "run").rename(tmp_path / "moved")  # a run directory moved elsewhere resumes there
+    resumed = train(_cfg(path, tmp_path / "moved", checkpoint_every=10 * 512, resume=True), progress=False)
     for (name, a), (_, b) in zip(ref.sae.state_dict().items(), resumed.sae.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    steps = [json.loads(r)["step"] for r in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    steps = [json.loads(r)["step"] for r in (tmp_path / "moved" / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no duplicated log rows after the resume
 
 
