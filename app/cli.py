@@ -26,6 +26,9 @@ def _commands():
     from ttslens.audio.harvest import run_boost, run_eval, run_harvest, run_match, train_sae
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, run_presets
+    from ttslens.audio.vectors import run_apply as vectors_apply
+    from ttslens.audio.vectors import run_readout as vectors_readout
+    from ttslens.audio.vectors import run_train as vectors_train
     from ttslens.audio.voices import VoicesConfig, run_voices
     from ttslens.autointerp.pipeline import LabelConfig, run_label
     from ttslens.sae.boost import BoostConfig
@@ -39,6 +42,8 @@ def _commands():
     from ttslens.sae.match import MatchConfig
     from ttslens.sae.stability import StabilityConfig, run_stability
     from ttslens.sae.training import TrainConfig
+    from ttslens.sae.vectors.commands import ApplyConfig, ReadoutConfig
+    from ttslens.sae.vectors.train import VectorConfig
 
     def do_train(cfg):
         res = train_sae(cfg)
@@ -56,6 +61,9 @@ def _commands():
         "boost": (BoostConfig, run_boost, "teach a frozen SAE a new domain with a residual SAE (SAE Boost)"),
         "stability": (StabilityConfig, run_stability, "which features reappear across seeds; a pooled, stabler SAE"),
         "flow": (FlowConfig, run_flow, "trace a feature through layers: its residual / MLP / attention sources"),
+        "vectors train": (VectorConfig, vectors_train, "train steering vectors: likelihood or online RL"),
+        "vectors readout": (ReadoutConfig, vectors_readout, "logit lens and SAE view of steering vectors"),
+        "vectors apply": (ApplyConfig, vectors_apply, "generate with trained steering vectors and without"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),
         "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),

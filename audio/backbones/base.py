@@ -264,6 +264,10 @@ class TTSBackbone:
         """Readable strings of sequence ids [N] (for evidence and reports)."""
         return [f"<{int(i)}>" for i in ids]
 
+    def head_names(self, ids: Sequence[int]) -> list[str]:
+        """Readable names of rows of `speech_logits` (for the logit lens): speech ids, stop ids past them."""
+        return [f"speech {i}" if i < self.codebook_size else "<stop>" for i in map(int, ids)]
+
     def instruct_mask(self, seq: TTSSequence) -> torch.Tensor:
         """[N] bool: positions of the instruct (style description) part of the prefix."""
         return torch.zeros(len(seq), dtype=torch.bool)
@@ -297,12 +301,18 @@ class TTSBackbone:
         phoneme columns), for judging how well speech fits a text."""
         return tokens_TC
 
-    def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
-        """(summed NLL, count) of the speech tokens and the stop, teacher-forced (default: one head, C = 1)."""
+    def speech_logprobs(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(log p of each speech frame and of the stop after the last, [T + 1], the number of scored terms),
+        teacher-forced; differentiable in `tf` (default: one head, C = 1)."""
         n = tokens_TC.shape[0]
         logits = tf.logits[-n - 1 :].float()  # from the last prefix position on
         targets = torch.cat([tokens_TC[:, 0].to(logits.device), torch.tensor([self.n_speech], device=logits.device)])
-        return float(nn.functional.cross_entropy(logits, targets, reduction="sum")), n + 1
+        return logits.log_softmax(-1).gather(1, targets[:, None])[:, 0], n + 1
+
+    def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
+        """(summed NLL, count) of the speech tokens and the stop, teacher-forced (`speech_logprobs`)."""
+        lp, count = self.speech_logprobs(tf, tokens_TC)
+        return -float(lp.detach().sum()), count
 
     # ---- shared machinery -----------------------------------------------------------------
     def as_tokens(self, tokens) -> torch.Tensor:
@@ -371,7 +381,6 @@ class TTSBackbone:
         safe = ids_BTC.masked_fill(ids_BTC == PAD, 0)
         return self.embed(safe, modality_BT.to(ids_BTC.device)).to(self.dtype)
 
-    @torch.no_grad()
     def teacher_forced_batch(
         self,
         items: Sequence[tuple],
@@ -379,10 +388,16 @@ class TTSBackbone:
         interventions: Sequence[Intervention] = (),
         logits: bool = True,
         hook: str = "resid",
+        grad: bool = False,
     ) -> list[TeacherForced]:
         """One padded forward pass over [prefix, speech tokens] of each (text, tokens[, instruct[, prompt]]) item
         (a voice prompt's speech sits in the prefix, before the tokens). `hidden` holds the residual after
-        `layers` (or their MLP / attention outputs: `hook`); interventions always edit the residual."""
+        `layers` (or their MLP / attention outputs: `hook`); interventions always edit the residual. `grad`: keep
+        the autograd graph (what the interventions hold, e.g. a steering vector being trained)."""
+        with torch.set_grad_enabled(grad):
+            return self._teacher_forced_batch(items, layers, interventions, logits, hook)
+
+    def _teacher_forced_batch(self, items, layers, interventions, logits, hook) -> list[TeacherForced]:
         seqs = []
         for it in items:
             text, tokens, instruct, prompt = (*it, None, None)[:4]

@@ -123,11 +123,11 @@ class MultiCodebookTTS(_TinyLlamaTTS):
             codes.append(sample(lg, state.gens, state.temperature, state.top_k, state.top_p))
         return torch.stack(codes, dim=-1)
 
-    def speech_nll(self, tf, tokens_TC):
+    def speech_logprobs(self, tf, tokens_TC):
         n = tokens_TC.shape[0]
         logits = tf.logits[-n - 1 :].float()
         targets = torch.cat([tokens_TC[:, 0], torch.tensor([0])])
-        return float(nn.functional.cross_entropy(logits, targets, reduction="sum")), n + 1
+        return logits.log_softmax(-1).gather(1, targets[:, None])[:, 0], n + 1
 
 
 class SlotFrameTTS(_TinyLlamaTTS):
@@ -165,11 +165,11 @@ class SlotFrameTTS(_TinyLlamaTTS):
         code_B = torch.where(flat_B == S * V, V, flat_B % V)  # V (>= codebook_size) marks the stop
         return code_B[:, None]
 
-    def speech_nll(self, tf, tokens_TC):
+    def speech_logprobs(self, tf, tokens_TC):
         n = tokens_TC.shape[0]
         logits = tf.logits[-n - 1 :].float()
         first = int((tf.sequence.modality == SPEECH).sum()) - n
         slots = (first + torch.arange(n)) % self.frame_positions
         stop = torch.tensor([self.frame_positions * self.codebook_size])
         targets = torch.cat([slots * self.codebook_size + tokens_TC[:, 0], stop])
-        return float(nn.functional.cross_entropy(logits, targets, reduction="sum")), n + 1
+        return logits.log_softmax(-1).gather(1, targets[:, None])[:, 0], n + 1

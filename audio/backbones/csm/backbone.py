@@ -157,19 +157,17 @@ class CSMBackbone(TTSBackbone):
             codes.append(sample(lg, state.gens, state.temperature, state.top_k, state.top_p).to(h.device))
         return torch.stack(codes, 1).cpu()
 
-    def speech_nll(self, tf, tokens_TC: torch.Tensor) -> tuple[float, int]:
-        """(summed NLL, count) of every codebook of every frame and of the EOS frame after the last one,
-        teacher-forced: codebook 0 by the backbone's head, 1..31 by the depth decoder."""
+    def speech_logprobs(self, tf, tokens_TC: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """log p of each frame (every codebook) and of the EOS frame after the last one [T + 1], and the number of
+        codes scored, teacher-forced: codebook 0 by the backbone's head, 1..31 by the depth decoder."""
         n = tokens_TC.shape[0]
         t = torch.cat([tokens_TC.long(), torch.full((1, self.n_codebooks), self.eos_code)]).to(self.device)
         h = tf.final[-n - 1 :].to(self.device, self.model.depth_decoder.dtype)
-        ce = torch.nn.functional.cross_entropy
-        with torch.no_grad():
-            total = float(ce(self.speech_logits(h).float(), t[:, 0], reduction="sum"))
-            ids = torch.nn.functional.pad(t[:, :-1], (1, 0))
-            lg = self.model.depth_decoder(input_ids=ids, backbone_last_hidden_state=h).logits.float()
-            total += float(ce(lg.reshape(-1, lg.shape[-1]), t[:, 1:].reshape(-1), reduction="sum"))
-        return total, t.numel()
+        lp = self.speech_logits(h).float().log_softmax(-1).gather(1, t[:, :1])[:, 0]
+        ids = torch.nn.functional.pad(t[:, :-1], (1, 0))
+        lg = self.model.depth_decoder(input_ids=ids, backbone_last_hidden_state=h).logits.float()
+        lp = lp + lg.log_softmax(-1).gather(-1, t[:, 1:, None])[..., 0].sum(1)
+        return lp, t.numel()
 
     # ---- audio -------------------------------------------------------------------------------------------
     def decode(self, tokens) -> np.ndarray:

@@ -270,13 +270,13 @@ class DemoBackbone(TTSBackbone):
             out.append(sample(lg, gens, temperature, top_k, top_p).cpu())
         return torch.stack(out, dim=-1)
 
-    @torch.no_grad()
-    def speech_nll(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[float, int]:
-        """(summed NLL, count) of every decision (where the phonemes are known), every codec code and the stop,
-        teacher-forced; decisions are scored among those the schedule allows, as in sampling and training."""
+    def speech_logprobs(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """log p of each frame and of the stop [T + 1] — its decision (where the phonemes are known; scored among
+        those the schedule allows, as in sampling and training) plus its codec codes — and the number of terms,
+        teacher-forced; differentiable in `tf`."""
         n = tokens_TC.shape[0]
         if tf.final is None:
-            raise BadInput("speech_nll needs the final hidden states: teacher-force with logits=True")
+            raise BadInput("speech_logprobs needs the final hidden states: teacher-force with logits=True")
         t = tokens_TC.to(torch.long).cpu()
         h = tf.final[-n - 1 :].to(device=self.device, dtype=self.depth.out.dtype)
         starts = run_starts(t[:, :PHONE_COLUMNS], UNK_ID)
@@ -285,14 +285,16 @@ class DemoBackbone(TTSBackbone):
         dec, ok = decision_targets(t, starts)
         known = dec >= 0
         lg = self.speech_logits(h).float().cpu().masked_fill(~ok, float("-inf"))
-        ce = torch.nn.functional.cross_entropy
-        total, count = float(ce(lg[known], dec[known], reduction="sum")) if known.any() else 0.0, int(known.sum())
+        lp = lg.log_softmax(-1).gather(1, dec.clamp_min(0)[:, None])[:, 0]
+        lp = torch.where(known, lp, torch.zeros_like(lp))
+        count = int(known.sum())
         if n:
             lgd = self.depth.logits(h[:-1], t.to(self.device)).float()
-            codes = t[:, PHONE_COLUMNS:].reshape(-1).to(lgd.device)
-            total += float(ce(lgd.reshape(-1, self.codebook_size), codes, reduction="sum"))
+            codes = t[:, PHONE_COLUMNS:].to(lgd.device)
+            code_lp = lgd.log_softmax(-1).gather(-1, codes[..., None])[..., 0].sum(1).cpu()
+            lp = lp + torch.nn.functional.pad(code_lp, (0, 1))
             count += n * (self.n_codebooks - PHONE_COLUMNS)
-        return total, count
+        return lp, count
 
     def text_free(self, tokens_TC: torch.Tensor) -> torch.Tensor:
         """The frames with `<unk>` phonemes: what is said must then be heard in the codes."""
@@ -313,6 +315,10 @@ class DemoBackbone(TTSBackbone):
         codes = torch.as_tensor(self.codec.encode(wave), dtype=torch.long)
         unk = torch.full((len(codes), PHONE_COLUMNS), UNK_ID, dtype=torch.long)
         return torch.cat([unk, codes], dim=1)
+
+    def head_names(self, ids) -> list[str]:
+        """The decision head's rows: stay on the phoneme (longer sounds), move to the next one, stop."""
+        return [("stay on the phoneme", "next phoneme", "stop")[int(i)] for i in ids]
 
     def token_text(self, ids: torch.Tensor) -> list[str]:
         """Text positions read as their character; a speech frame as /its phoneme/."""

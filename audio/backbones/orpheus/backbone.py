@@ -214,7 +214,7 @@ class OrpheusBackbone(TTSBackbone):
         flat = sample(lg.masked_fill(~allowed, float("-inf")), state.gens, state.temperature, state.top_k, state.top_p)
         return torch.where(flat == S * V, V, flat % V)[:, None]  # V (>= codebook_size) marks the stop
 
-    def speech_nll(self, tf, tokens_TC: torch.Tensor) -> tuple[float, int]:
+    def speech_logprobs(self, tf, tokens_TC: torch.Tensor) -> tuple[torch.Tensor, int]:
         n = tokens_TC.shape[0]
         logits = tf.logits[-n - 1 :].float()
         first = int((tf.sequence.modality == SPEECH).sum()) - n
@@ -222,7 +222,7 @@ class OrpheusBackbone(TTSBackbone):
         targets = torch.cat(
             [slots * self.codebook_size + tokens_TC[:, 0].cpu(), torch.tensor([SLOTS * self.codebook_size])]
         )
-        return float(torch.nn.functional.cross_entropy(logits, targets.to(logits.device), reduction="sum")), n + 1
+        return logits.log_softmax(-1).gather(1, targets.to(logits.device)[:, None])[:, 0], n + 1
 
     # ---- audio --------------------------------------------------------------------------------------
     def _codec(self) -> SnacCodec:
