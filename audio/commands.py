@@ -74,6 +74,9 @@ class SynthesizeConfig:
     replace: bool = False
     """Paper-exact edit: replace the residual by the SAE reconstruction of the edited latents (default:
     keep the SAE's error, so only the edited latents' contribution changes)."""
+    vectors: list[str] = field(default_factory=list, metadata={"form": lambda v: "/" in v or Path(v).is_dir()})
+    """Trained steering vectors to add (`ttslens vectors train`): DIR or DIR=STRENGTH (a multiplier, default 1),
+    each at the scope it was trained with; they combine with --steer."""
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
@@ -114,6 +117,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         top_k=cfg.top_k,
         top_p=cfg.top_p,
         max_seconds=cfg.max_seconds,
+        vectors=cfg.vectors,
     )
     path = write_wav(cfg.out, out.wave, out.sample_rate)
     m = measure(out.wave, out.sample_rate, laughter_detector_for(tts.bb), gender_model=timbre_gender_for(tts.bb))
@@ -129,7 +133,8 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         | ({"voice": prompt.name} if prompt else {})
         | measured
         | heard(cfg.asr, cfg.text, out.wave, out.sample_rate)
-        | ({"steered": steered, "steered_positions": int(out.steered.sum())} if steered else {})
+        | ({"steered": steered, "steered_positions": int(out.steered.sum())} if steered or cfg.vectors else {})
+        | ({"vectors": cfg.vectors} if cfg.vectors else {})
     )
 
 

@@ -214,6 +214,24 @@ def register_audio_rewards() -> None:
 register_audio_rewards()
 
 
+def vector_interventions(bb: TTSBackbone, specs, window=None) -> list[Intervention]:
+    """Interventions of trained vectors ("DIR", "DIR=STRENGTH", (DIR, STRENGTH) or a list), each at the scope it
+    was trained with (and in `window`, seconds of generated speech, when given)."""
+    from ttslens.sae.vectors.vectors import check_fits, load_cached, parse_vector_specs
+
+    out = []
+    for path, strength in parse_vector_specs(specs):
+        vec, meta = load_cached(path)
+        check_fits(vec, meta, bb.d_model, bb.n_layers, getattr(bb, "spec", None) or bb.name)
+        scope = meta.get("scope") or "generated"
+        if scope not in SCOPES:
+            raise BadInput(f"vectors {path} were trained for scope {scope!r}, which a TTS backbone does not have")
+        vec = vec.to(bb.device)
+        out += [Intervention(x, (lambda r, x=x, v=vec, s=strength: v.add(x, r, s)), scope, window=window)
+                for x in vec.layers]  # fmt: skip
+    return out
+
+
 # ---- the commands ------------------------------------------------------------------------------------------------
 def _policy(name: str, model_dir: str = "", device: str = "cpu") -> TTSPolicy:
     from ttslens.audio.backbones.registry import backbone_spec, load_backbone

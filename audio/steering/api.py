@@ -133,7 +133,7 @@ class SteerableTTS(SAESteerer):
     # ---- synthesis ---------------------------------------------------------------------------------
     def synthesize(self, text: str, steer=None, seed: int = 0, **kwargs) -> Synthesis:
         """Speak `text` with the edits `steer` names; `record=True` adds the SAE latents at every position.
-        Keywords: instruct, voice, scope, window, replace, record, temperature, top_k, top_p, max_seconds."""
+        Keywords: instruct, voice, scope, window, replace, record, temperature, top_k, top_p, max_seconds, vectors."""
         return self.synthesize_batch([text], steer, [seed], **kwargs)[0]
 
     def synthesize_batch(
@@ -151,12 +151,14 @@ class SteerableTTS(SAESteerer):
         top_k: int | None = None,
         top_p: float | None = None,
         max_seconds: float = 0.0,
+        vectors=None,
     ) -> list[Synthesis]:
         """Several texts in one batched generation (each with its seed; one int = the same seed for all),
         one edit set. `window=(t0, t1)` limits the edits to speech between t0 and t1 seconds. `voice`: a voice
         name of the backbone (`bb.voices()`) or a prompt (`ttslens.audio.voices.prompt_from_wav`, or
         (text, tokens)) whose voice the speech continues; the prompt's own speech is never steered. Sampling
-        settings left None are the backbone's own."""
+        settings left None are the backbone's own. `vectors`: trained steering vectors added too ("DIR",
+        "DIR=STRENGTH", (DIR, STRENGTH) or a list; `ttslens vectors train`), each at the scope it was trained with."""
         seeds = [seeds] * len(texts) if isinstance(seeds, int) else list(seeds)
         if len(seeds) != len(texts):
             raise BadInput(f"{len(texts)} texts but {len(seeds)} seeds: give one seed per text or a single seed")
@@ -170,6 +172,10 @@ class SteerableTTS(SAESteerer):
         if window:  # the window counts from the start of the new speech, after the prompt's
             window = (window[0] + lead, window[1] + lead)
         ivs = self.interventions(edits, scope, replace, window)
+        if vectors:
+            from ttslens.audio.vectors import vector_interventions
+
+            ivs += vector_interventions(self.bb, vectors, window)
         layers = [s.layer for s in self.saes] if record else []
         t0 = time.perf_counter()
         gens = self.bb.generate(

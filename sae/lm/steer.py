@@ -146,10 +146,12 @@ class TextSteerer(SAESteerer):
         top_k: int = 50,
         scope: str = "all",
         top_p: float = 1.0,
+        vectors=None,
     ) -> TextGeneration:
         """Continue `prompt` with the edits `steer` names at the positions in `scope`: "all" (prompt and
         generated), "generated" (the generated tokens' positions: the first new token is drawn unsteered),
-        "prompt"."""
+        "prompt". `vectors`: trained steering vectors added too ("DIR", "DIR=STRENGTH", (DIR, STRENGTH) or a
+        list; `ttslens vectors train`), each at the scope it was trained with."""
         if scope not in SCOPES:
             raise BadInput(f"unknown steering scope {scope!r}: use one of {', '.join(SCOPES)}")
         if max_new_tokens < 1:
@@ -161,6 +163,7 @@ class TextSteerer(SAESteerer):
         P, eos = ids_P.shape[0], self._eos()
         gens = generators([seed])
         edits_ = [_ScopedSteer(layer, st, scope, P) for layer, st in self.steers(edits).items()]
+        edits_ += self.vector_edits(vectors, P)
         hooks = Hooks(residual_layers(self.model), edits=edits_)
         steered_N = torch.zeros(P + max_new_tokens, dtype=torch.bool)
         new: list[int] = []
@@ -181,11 +184,25 @@ class TextSteerer(SAESteerer):
                 out = self.model(input_ids=step_11, cache=out.cache, use_cache=True)
         if edits_:  # the positions the model read: the prompt and every new token but an unfed last one
             seen = torch.arange(P + len(new) - (0 if stopped or not new else 1))[None]
-            steered_N[: seen.shape[1]] = torch.stack([e.mask(seen)[0] for e in edits_]).any(0)
+            masks = [e.mask(seen) for e in edits_]
+            steered_N[: seen.shape[1]] = torch.stack([torch.ones_like(seen[0], dtype=torch.bool) if m is None else m[0]
+                                                      for m in masks]).any(0)  # fmt: skip
         tokens_T = torch.tensor(new, dtype=torch.long)
         sequence = torch.cat([ids_P, tokens_T])
         text = self.tok.decode(new, skip_special_tokens=True)
         return TextGeneration(text, tokens_T, steered_N[: len(sequence)], sequence, stopped, edits)
+
+    def vector_edits(self, vectors, prompt_len: int) -> list:
+        from ttslens.sae.vectors.lm import position_where
+        from ttslens.sae.vectors.vectors import check_fits, load_cached, parse_vector_specs
+
+        out = []
+        for path, strength in parse_vector_specs(vectors):
+            vec, meta = load_cached(path)
+            check_fits(vec, meta, self.model.config.hidden_size, len(residual_layers(self.model)))
+            where = position_where(meta.get("scope") or "generated", prompt_len)
+            out += vec.to(self.device).edits(where, strength)
+        return out
 
     def compare(self, prompt: str, steer, seed: int = 0, **kw) -> tuple[str, str]:
         """(default, steered) continuations of `prompt` under the same seed."""

@@ -34,6 +34,14 @@ def scope_where(scope: str):
     return (lambda gen_BT: gen_BT) if scope == "generated" else (lambda gen_BT: ~gen_BT)
 
 
+def position_where(scope: str, prompt_len: int):
+    """The same scopes for a hook context of absolute positions [B, T] (`ttslens.sae.lm.steer.TextSteerer`)."""
+    scope_where(scope)
+    if scope == "all":
+        return None
+    return (lambda pos: pos >= prompt_len) if scope == "generated" else (lambda pos: pos < prompt_len)
+
+
 class TextPolicy:
     """Sampling and token log-probs of a causal LM under hook edits (its weights frozen)."""
 

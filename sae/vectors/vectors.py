@@ -135,3 +135,38 @@ def check_fits(vec: SteeringVectors, meta: dict, d: int, n_layers: int, model: s
         from ttslens.sae.notes import note
 
         note(f"vectors trained on {meta['model']} applied to {model} (same width: a transfer)")
+
+
+def parse_vector_specs(specs) -> list[tuple[str, float]]:
+    """Vectors to apply: "DIR" or "DIR=STRENGTH" strings, (DIR, STRENGTH) pairs, or a list of either."""
+    if not specs:
+        return []
+    if isinstance(specs, str | Path) or (
+        isinstance(specs, tuple) and len(specs) == 2 and not isinstance(specs[1], str)
+    ):
+        specs = [specs]
+    out = []
+    for spec in specs:
+        if isinstance(spec, tuple):
+            path, strength = spec
+        else:
+            path, _, s = str(spec).rpartition("=") if "=" in str(spec) else (str(spec), "", "1")
+            try:
+                strength = float(s)
+            except ValueError:
+                raise BadInput(f"vectors {spec!r}: give DIR or DIR=STRENGTH (e.g. runs/laugh=1.5)") from None
+        out.append((str(path), float(strength)))
+    return out
+
+
+_LOADED: dict[str, tuple[float, SteeringVectors, dict]] = {}
+
+
+def load_cached(path: str) -> tuple[SteeringVectors, dict]:
+    """`load_vectors`, reread only when the file changed (the app and the APIs apply the same vectors often)."""
+    p = vectors_path(path)
+    mtime = p.stat().st_mtime
+    hit = _LOADED.get(str(p))
+    if hit is None or hit[0] != mtime:
+        _LOADED[str(p)] = (mtime, *load_vectors(p))
+    return _LOADED[str(p)][1], _LOADED[str(p)][2]

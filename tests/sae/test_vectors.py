@@ -172,6 +172,17 @@ def test_vectors_cli_train_readout_apply(tiny_lm, tmp_path, capsys):
     assert cli(["vectors", "apply", "--vectors", out, "--prompt", "the cat", "--strength", "0"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["outputs"][0]["base"] == res["outputs"][0]["steered"]  # strength 0 is the model itself
+    # the text-steering API takes the vectors like any other edit
+    from ttslens.sae.lm.steer import TextSteerer
+
+    lm, tok = load_model(model)
+    ts = TextSteerer(lm, tok)
+    plain = ts.generate("the cat", seed=3, max_new_tokens=6)
+    off = ts.generate("the cat", seed=3, max_new_tokens=6, vectors=f"{out}=0")
+    on = ts.generate("the cat", seed=3, max_new_tokens=6, vectors=[(out, 1.0)])
+    assert off.text == plain.text and not plain.steered.any()
+    P = len(ts.encode("the cat"))
+    assert not on.steered[:P].any() and on.steered[P:].any()  # trained at the generated positions
 
 
 def test_vectors_bad_input_in_one_line(tiny_lm, tmp_path, capsys):
