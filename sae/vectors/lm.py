@@ -1,7 +1,7 @@
 """A Hugging Face causal LM as the policy a steering vector is trained on (`ttslens.sae.vectors.train`).
 
-Scopes (where the vector is added): `prompt` (the prompt's positions), `generated` (the positions of generated
-tokens: the first new token is drawn from the prompt unsteered), `all`. The hook engine's context for every call
+Scopes (where the vector is added): `all` (the default, as in the papers), `prompt` (the prompt's positions),
+`generated` (the positions of generated tokens: the first new token is then drawn from the prompt unsteered). The hook engine's context for every call
 is a [B, T] bool mask of which of the call's positions are generated.
 """
 
@@ -45,7 +45,7 @@ def position_where(scope: str, prompt_len: int):
 class TextPolicy:
     """Sampling and token log-probs of a causal LM under hook edits (its weights frozen)."""
 
-    default_scope = "generated"
+    default_scope = "all"  # the papers add the vector at every position: the first new token is steered too
 
     def __init__(self, model, tokenizer, device: str = "cpu") -> None:
         self.model, self.tok, self.device = model.eval().requires_grad_(False), tokenizer, device

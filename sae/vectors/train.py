@@ -57,8 +57,9 @@ class VectorConfig:
     layers: list[int] = field(default_factory=list)
     """Layers whose residual output gets a vector (default: the middle layer)."""
     scope: str = ""
-    """Positions the vector is added at: text LMs generated | prompt | all (default generated); TTS backbones
-    speech | generated | text | all (default generated)."""
+    """Positions the vector is added at: text LMs all | prompt | generated (default all, as in the papers;
+    generated leaves the first new token unsteered); TTS backbones generated | speech | text | all (default
+    generated: the new speech, never a voice prompt)."""
     steps: int = 40
     """Optimiser steps."""
     prompts_per_step: int = 4
@@ -244,16 +245,49 @@ def mean_reward(policy, items: list[Item], reward: Reward, vec: SteeringVectors 
     return {"reward": float(t.mean()), "se": se, "n": len(t)}
 
 
-def train_vectors(cfg: VectorConfig, policy, items: list[Item], progress: bool = True, meta: dict | None = None):
-    """Train; returns the summary (also OUT/summary.json). `meta`: extra metadata for the vectors file."""
+def train_vectors(
+    cfg: VectorConfig,
+    policy,
+    items: list[Item],
+    progress: bool = True,
+    meta: dict | None = None,
+    train_weights: bool = False,
+):
+    """Train; returns the summary (also OUT/summary.json). `meta`: extra metadata for the vectors file.
+    `train_weights`: the baseline the papers compare against — the same objective, sampling and budget, but every
+    model weight trained (in place) instead of a vector (kl must be 0: there is no frozen reference then; lr 0
+    means 1e-3); nothing is saved but the log and the summary."""
     reward = _check(cfg, policy, items)
     scope = cfg.scope or policy.default_scope
     policy.check_scope(scope)
     out = _out_dir(cfg)
     torch.manual_seed(cfg.seed)
     vec = SteeringVectors(policy.d, cfg.layers, cfg.adaptive).to(policy.device)
+    sample_kw = policy.sample_kwargs(cfg)
+    ev_items = items[: cfg.eval_prompts]
+    base_eval = None
+    if reward is not None and cfg.eval_samples > 0:  # before training: with train_weights the model changes
+        base_eval = mean_reward(policy, ev_items, reward, None, scope, cfg.eval_samples, cfg.seed, **sample_kw)
+    if train_weights:
+        if cfg.kl > 0 or cfg.resume:
+            raise BadInput("the full fine-tuning baseline needs kl = 0 and no --resume")
+        weights = list(policy.parameters())
+        for p in weights:
+            p.requires_grad_(True)
+        lr = cfg.lr or 1e-3
+        opt = torch.optim.Adam(weights, lr=lr)
+        try:
+            return _train(cfg, policy, items, progress, meta, reward, scope, out, vec, opt, lr, base_eval, weights)
+        finally:
+            for p in weights:
+                p.requires_grad_(False)
     lr = cfg.lr or 0.05 * policy.residual_rms(items[:8], cfg.layers)
     opt = torch.optim.Adam(vec.parameters(), lr=lr)
+    return _train(cfg, policy, items, progress, meta, reward, scope, out, vec, opt, lr, base_eval)
+
+
+def _train(cfg, policy, items, progress, meta, reward, scope, out, vec, opt, lr, base_eval, weights=None) -> dict:
+    params = weights if weights is not None else list(vec.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     start, log_rows = 0, []
     if cfg.resume:
@@ -267,8 +301,7 @@ def train_vectors(cfg: VectorConfig, policy, items: list[Item], progress: bool =
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, log_rows = state["step"], state["log"]
-    frozen = [p for p in policy.parameters() if p.requires_grad]
-    if frozen:
+    if weights is None and any(p.requires_grad for p in policy.parameters()):
         raise RuntimeError("the model's weights must be frozen while a vector trains")  # a bug, not input
     sample_kw = policy.sample_kwargs(cfg)
     bar = _bar(progress, cfg.steps, start)
@@ -285,7 +318,7 @@ def train_vectors(cfg: VectorConfig, policy, items: list[Item], progress: bool =
             row["nll"] = float(loss.detach())
             opt.zero_grad()
             loss.backward()
-            _step(vec, opt, sched, cfg.grad_clip)
+            _step(params, opt, sched, cfg.grad_clip)
             n_tok = int(mask.sum())
         else:
             comps, rewards = [], []
@@ -314,7 +347,7 @@ def train_vectors(cfg: VectorConfig, policy, items: list[Item], progress: bool =
                     loss, stats = policy_loss(lp, old, ref, mask, adv, cfg.clip, cfg.kl)
                     opt.zero_grad()
                     loss.backward()
-                    _step(vec, opt, sched, cfg.grad_clip, advance=False)
+                    _step(params, opt, sched, cfg.grad_clip, advance=False)
                 sched.step()
                 row |= stats
                 n_tok = int(mask.sum())
@@ -340,6 +373,13 @@ def train_vectors(cfg: VectorConfig, policy, items: list[Item], progress: bool =
             atomic_torch_save(out / CKPT, state | {"opt": opt.state_dict(), "sched": sched.state_dict()})
     if bar is not None:
         bar.close()
+    if weights is not None:  # the fine-tuning baseline: the model itself is the result
+        summary = {"out": str(out), "trained": "all weights", "lr": lr, "reward_failures": skipped}
+        if base_eval is not None:
+            summary["eval"] = {"base": base_eval, "trained": mean_reward(policy, items[: cfg.eval_prompts], reward,
+                               None, scope, cfg.eval_samples, cfg.seed, **sample_kw)}  # fmt: skip
+        atomic_write_json(out / SUMMARY, summary)
+        return summary
     vec = vec.cpu().requires_grad_(False)
     info = {"model": policy.name, "backbone": cfg.backbone or None, "hook": "resid", "scope": scope,
             "objective": cfg.objective, "reward": cfg.reward if cfg.objective == "rl" else None, "data": cfg.prompts,
@@ -347,11 +387,11 @@ def train_vectors(cfg: VectorConfig, policy, items: list[Item], progress: bool =
     save_vectors(vec, out, info)
     summary = {"out": str(out), "layers": vec.layers, "norms": vec.norms(), "lr": lr, "reward_failures": skipped}
     summary |= info
-    if reward is not None and cfg.eval_samples > 0:
-        ev_items = items[: cfg.eval_prompts]
+    if base_eval is not None:
         v_dev = vec.to(policy.device)
+        ev_items = items[: cfg.eval_prompts]
         summary["eval"] = {
-            "base": mean_reward(policy, ev_items, reward, None, scope, cfg.eval_samples, cfg.seed, **sample_kw),
+            "base": base_eval,
             "vectors": mean_reward(policy, ev_items, reward, v_dev, scope, cfg.eval_samples, cfg.seed, **sample_kw),
         }
         vec.cpu()
@@ -368,9 +408,9 @@ def train_vectors(cfg: VectorConfig, policy, items: list[Item], progress: bool =
     return summary
 
 
-def _step(vec, opt, sched, grad_clip: float, advance: bool = True) -> None:
+def _step(params, opt, sched, grad_clip: float, advance: bool = True) -> None:
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(vec.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
     if advance:
         sched.step()
