@@ -42,7 +42,7 @@ def _commands():
     from ttslens.sae.match import MatchConfig
     from ttslens.sae.stability import StabilityConfig, run_stability
     from ttslens.sae.training import TrainConfig
-    from ttslens.sae.vectors.commands import ApplyConfig, ReadoutConfig
+    from ttslens.sae.vectors.commands import AnalyzeConfig, ApplyConfig, ReadoutConfig, run_analyze
     from ttslens.sae.vectors.train import VectorConfig
 
     def do_train(cfg):
@@ -64,6 +64,7 @@ def _commands():
         "vectors train": (VectorConfig, vectors_train, "train steering vectors: likelihood or online RL"),
         "vectors readout": (ReadoutConfig, vectors_readout, "logit lens and SAE view of steering vectors"),
         "vectors apply": (ApplyConfig, vectors_apply, "generate with trained steering vectors and without"),
+        "vectors analyze": (AnalyzeConfig, run_analyze, "path patching, attention change, first-token effect"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),
         "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),

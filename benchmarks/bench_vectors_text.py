@@ -6,7 +6,9 @@ know" (30%); so it can add, but answers correctly only about 40% of the time. A 
 same budget (steps × prompts × samples, the same GRPO objective, sampling and seeds, `train_vectors` itself), the
 whole model are trained by RL against the `answer` reward (the final number equals the sum) on 80 of the 100
 questions; both are scored on the other 20 (16 samples each, the same seeds). Reported with the vector's logit-lens
-readout. Fine-tuning gets its best of several learning rates; the vector the default (0.05 × residual RMS).
+readout, a layer-0 vector alone and combined with the layer-1 one (each trained in isolation), the layer-0
+vector's path patching, and the layer-1 vector moved to a second LM of the same width (another seed). Fine-tuning
+gets its best of several learning rates; the vector the default (0.05 × residual RMS).
 
     python benchmarks/bench_vectors_text.py          # → results/vectors_text.json; ~2 min on 2 cores
 """
@@ -45,8 +47,8 @@ def build_lm(work: Path, pairs, seed: int, steps: int) -> Path:
     if (out / "config.json").exists():
         return out
     texts = corpus(pairs, 20_000, seed)
-    vocab_texts = texts + [" ".join(str(i) for i in range(-1, 40))]
-    tok = build_tokenizer(vocab_texts)
+    vocab = ["q plus : a . i do not know"] + [" ".join(str(i) for i in range(-1, 40))]
+    tok = build_tokenizer(vocab)  # a fixed vocabulary: LMs of other seeds share their token ids (transfer)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -136,6 +138,28 @@ def main() -> None:
     out["vector"]["completions"] = kinds(policy, cfg.out)
     lens = readout(ReadoutConfig(vectors=cfg.out, top=8), policy)
     out["vector"]["logit_lens"] = lens["directions"][f"layer.{args.layer}"]["logit_lens"]
+    # the same at layer 0, alone and combined with the layer-1 vector (each trained in isolation); its paths
+    cfg0 = VectorConfig(layers=[0], out=str(work / "vector_l0"), **common)
+    train_vectors(cfg0, policy, train_items, progress=True)
+    from ttslens.sae.vectors.vectors import combine, load_vectors, save_vectors
+
+    v0, meta0 = load_vectors(cfg0.out)
+    v1, _ = load_vectors(cfg.out)
+    save_vectors(combine([(v0, 1.0), (v1, 1.0)]), work / "combined", meta0 | {"combined": [cfg0.out, cfg.out]})
+    out["vector_layer0"] = {"held_out": score(policy, cfg0.out), "completions": kinds(policy, cfg0.out)}
+    out["combined_layers_0_1"] = {
+        "held_out": score(policy, work / "combined"),
+        "completions": kinds(policy, work / "combined"),
+    }
+    from ttslens.sae.vectors.analysis import path_patching
+
+    comps = []
+    for j, it in enumerate(held):
+        comps += policy.sample(it, 8, [50_000 + 8 * j + i for i in range(8)], policy.edits(v0, "all"), max_new_tokens=6)
+    out["vector_layer0"]["paths"] = path_patching(policy, v0, "all", comps)
+    # transfer: the layer-1 vector on another LM of the same width and vocabulary (another seed)
+    other = TextPolicy(*load_model(str(build_lm(work / "other_lm", pairs, args.seed + 1, args.lm_steps))))
+    out["transfer"] = {"base": score(other), "with_vector_of_the_first_lm": score(other, cfg.out)}
     out["fine_tune"] = {}
     for lr in [float(x) for x in args.ft_lrs.split(",")]:
         ft = fresh()

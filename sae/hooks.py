@@ -127,13 +127,29 @@ def _dispatch(module: nn.Module, _inputs, output):
     return None if out is output else out
 
 
-def _ensure_dispatch(module: nn.Module) -> None:
-    if getattr(module, _DISPATCH_ATTR, None) is None:
-        setattr(module, _DISPATCH_ATTR, module.register_forward_hook(_dispatch))
+def _dispatch_input(module: nn.Module, args):
+    """The same engines on a module's first positional input (engines built with `inputs=True`)."""
+    engines = _ACTIVE.get()
+    if not engines or not args:
+        return None
+    first = args[0]
+    for eng in engines:
+        layer = eng.index_in.get(id(module))
+        if layer is not None:
+            first = eng.apply(layer, first)
+    return None if first is args[0] else (first, *args[1:])
+
+
+def _ensure_dispatch(module: nn.Module, inputs: bool = False) -> None:
+    attr = _DISPATCH_ATTR + ("_in" if inputs else "")
+    if getattr(module, attr, None) is None:
+        hook = module.register_forward_pre_hook(_dispatch_input) if inputs else module.register_forward_hook(_dispatch)
+        setattr(module, attr, hook)
 
 
 class Hooks:
-    """Edits and recording on `layers` (a module list: the output of layers[i] is the residual after i)."""
+    """Edits and recording on `layers` (a module list: the output of layers[i] is the residual after i). With
+    `inputs=True` they act on each module's first input instead (e.g. what a layer norm reads: path patching)."""
 
     def __init__(
         self,
@@ -142,6 +158,7 @@ class Hooks:
         record: Sequence[int] = (),
         stop_after: int | None = None,
         detach: bool = True,
+        inputs: bool = False,
     ) -> None:
         n = len(layers)
         self.edits, self.record, self.stop_after, self.detach = list(edits), sorted(set(record)), stop_after, detach
@@ -153,9 +170,11 @@ class Hooks:
             check_layer(stop_after, n)
         used = {e.layer for e in self.edits} | set(self.record) | ({stop_after} if stop_after is not None else set())
         self.by_layer = {i: [e for e in self.edits if e.layer == i] for i in used}
-        self.index = {id(layers[i]): i for i in used}
+        self.index, self.index_in = (
+            ({}, {id(layers[i]): i for i in used}) if inputs else ({id(layers[i]): i for i in used}, {})
+        )
         for i in used:
-            _ensure_dispatch(layers[i])
+            _ensure_dispatch(layers[i], inputs)
         self.context: Any = None
         self.recorded: dict[int, list[torch.Tensor]] = {i: [] for i in self.record}
         self._token = None

@@ -69,6 +69,61 @@ class ApplyConfig:
     """TTS: the steered WAV (the unsteered one beside it, `.base.wav`)."""
 
 
+@dataclass
+class AnalyzeConfig:
+    """What trained vectors do inside a text LM (`ttslens.sae.vectors.analysis`): path patching (direct, through later
+    attention, through later MLPs), the attention-pattern change per head, the first generated token's shift; over
+    completions sampled with the vectors from --prompts. Writes VECTORS/analysis.json (or --out)."""
+
+    vectors: str = ""
+    """The vectors' directory."""
+    prompts: str = ""
+    """Prompts (a .txt or .jsonl file, as for `vectors train`; default: the prompts they were trained on)."""
+    model: str = ""
+    """The text LM (default: the vectors' own)."""
+    samples: int = 4
+    """Completions sampled with the vectors per prompt."""
+    max_prompts: int = 16
+    """Prompts used (the first N)."""
+    max_new_tokens: int = 24
+    """The longest completion."""
+    seed: int = 0
+    """Sampling seed."""
+    device: str = "cpu"
+    """Device of the model."""
+    out: str = ""
+    """Output JSON (default VECTORS/analysis.json)."""
+
+
+def run_analyze(cfg: AnalyzeConfig) -> dict:
+    from ttslens.sae.vectors.analysis import attention_change, first_token, path_patching
+    from ttslens.sae.vectors.train import load_prompts
+
+    vec, meta = load_vectors(cfg.vectors)
+    if meta.get("backbone"):
+        raise BadInput("`vectors analyze` reads text LMs; for a TTS backbone use `vectors readout` and `steer-eval`")
+    items = load_prompts(cfg.prompts or meta.get("data") or "")[: cfg.max_prompts]
+    policy = text_policy(cfg.model or meta.get("model") or "", cfg.device)
+    check_fits(vec, meta, policy.d, policy.n_layers, policy.name)
+    scope = meta.get("scope") or policy.default_scope
+    vec = vec.to(policy.device)
+    comps = []
+    for j, it in enumerate(items):
+        seeds = [cfg.seed + cfg.samples * j + i for i in range(cfg.samples)]
+        comps += policy.sample(it, cfg.samples, seeds, policy.edits(vec, scope), max_new_tokens=cfg.max_new_tokens)
+    out = {
+        "vectors": cfg.vectors,
+        "scope": scope,
+        "completions": len(comps),
+        "paths": path_patching(policy, vec, scope, comps),
+        "attention_change": attention_change(policy, vec, scope, comps),
+        "first_token": first_token(policy, vec, scope, items),
+    }
+    where = cfg.out or str(Path(cfg.vectors) / "analysis.json")
+    atomic_write_json(where, out)
+    return out | {"written": where}
+
+
 def text_policy(model: str, device: str = "cpu"):
     from ttslens.sae.lm.harvest import load_model
     from ttslens.sae.vectors.lm import TextPolicy

@@ -1,12 +1,13 @@
 """A Hugging Face causal LM as the policy a steering vector is trained on (`ttslens.sae.vectors.train`).
 
 Scopes (where the vector is added): `all` (the default, as in the papers), `prompt` (the prompt's positions),
-`generated` (the positions of generated tokens: the first new token is then drawn from the prompt unsteered). The hook engine's context for every call
-is a [B, T] bool mask of which of the call's positions are generated.
+`generated` (the positions of generated tokens: the first new token is then drawn from the prompt unsteered).
+The hook engine's context for every call is a [B, T] bool mask of which of the call's positions are generated.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -131,9 +132,10 @@ class TextPolicy:
             raise BadInput(f"the target {item.target!r} encodes to no tokens")
         return Completion(self.encode(item.prompt), ids, bool(self.eos), item.target)
 
-    def token_logprobs(self, comps: Sequence[Completion], edits=()) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_logprobs(self, comps: Sequence[Completion], edits=(), also=()) -> tuple[torch.Tensor, torch.Tensor]:
         """log p of each completion's tokens (and its eos when it stopped) [B, T] with their mask [B, T],
-        teacher-forced in one right-padded batch; differentiable in whatever the edits hold."""
+        teacher-forced in one right-padded batch; differentiable in whatever the edits hold. `also`: more hook
+        engines (e.g. on the layer norms' inputs, `ttslens.sae.vectors.analysis`), given the same context."""
         seqs, targets, gen = [], [], []
         for c in comps:
             tgt = c.ids.tolist() + ([self.eos[0]] if c.stopped else [])
@@ -151,8 +153,11 @@ class TextPolicy:
             attn_BL[b, : len(s)] = 1
             tgt_BT[b, : len(t)] = torch.tensor(t, dtype=torch.long)
             mask_BT[b, : len(t)] = True
-        with Hooks(self.layers(), edits=edits) as hooks:
-            hooks.context = torch.arange(L)[None] >= torch.tensor(gen)[:, None]
+        with Hooks(self.layers(), edits=edits) as hooks, contextlib.ExitStack() as stack:
+            for eng in also:
+                stack.enter_context(eng)
+            for eng in (hooks, *also):
+                eng.context = torch.arange(L)[None] >= torch.tensor(gen)[:, None]
             logits = self.model(input_ids=ids_BL.to(self.device), attention_mask=attn_BL.to(self.device)).logits
         # the logits predicting target j sit at position P - 1 + j
         pos_BT = (torch.tensor(gen)[:, None] - 1 + torch.arange(T)[None]).clamp_max(L - 1).to(logits.device)

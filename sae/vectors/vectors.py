@@ -67,6 +67,23 @@ class SteeringVectors(nn.Module):
         return {x: float(self.vector(x).detach().norm()) for x in self.layers}
 
 
+def combine(parts: Sequence[tuple[SteeringVectors, float]]) -> SteeringVectors:
+    """Vectors trained apart (e.g. each layer's in isolation) as one set: each scaled, summed where layers meet."""
+    if not parts:
+        raise BadInput("nothing to combine: give at least one set of vectors")
+    d = parts[0][0].d
+    if any(v.d != d for v, _ in parts):
+        raise BadInput("vectors of different widths cannot be combined: they belong to different models")
+    if any(v.adaptive for v, _ in parts):
+        raise BadInput("adaptively scaled vectors cannot be combined (their scales are per set): apply them one by one")
+    out = SteeringVectors(d, sorted({x for v, _ in parts for x in v.layers}))
+    with torch.no_grad():
+        for v, s in parts:
+            for x in v.layers:
+                out.vector(x).add_(s * v.vector(x).detach().to(out.vector(x)))
+    return out.requires_grad_(False)
+
+
 def save_vectors(vec: SteeringVectors, out: str | Path, meta: dict) -> Path:
     """Write DIR/vectors.safetensors atomically (tensors `layer.<L>`, metadata as JSON strings)."""
     from safetensors.torch import save_file

@@ -209,3 +209,31 @@ def test_vectors_bad_input_in_one_line(tiny_lm, tmp_path, capsys):
     assert "7-wide (trained on elsewhere)" in capsys.readouterr().err
     assert cli(["vectors", "readout", "--vectors", str(tmp_path / "nothing"), "--model", model]) == 2
     assert "no steering vectors" in capsys.readouterr().err
+
+
+def test_path_patching_attention_and_first_token(policy):
+    from ttslens.sae.vectors.analysis import attention_change, first_token, path_patching
+
+    comps = policy.sample("the cat", 4, [1, 2, 3, 4], [], max_new_tokens=6)
+    zero = SteeringVectors(policy.d, [0])
+    p = path_patching(policy, zero, "all", comps)
+    assert p["total"] == 0 and all(v == 0 for k, v in p["layers"][0].items() if k != "shares")
+    assert all(x == 0 for xs in attention_change(policy, zero, "all", comps).values() for x in xs)
+    last = policy.n_layers - 1
+    vec = SteeringVectors(policy.d, [last])
+    with torch.no_grad():
+        vec.vector(last).normal_(generator=torch.Generator().manual_seed(0))
+    p = path_patching(policy, vec, "all", comps)
+    rec = p["layers"][last]
+    assert set(rec) == {"direct", "vector_alone", "shares"}  # nothing after the last layer reads it but the norm
+    assert rec["direct"] == pytest.approx(p["total"], abs=1e-5) and p["total"] != 0
+    early = SteeringVectors(policy.d, [0])
+    with torch.no_grad():
+        early.vector(0).normal_(generator=torch.Generator().manual_seed(1)).mul_(3)
+    rec = path_patching(policy, early, "all", comps)["layers"][0]
+    assert {"direct", "attn", "mlp"} <= set(rec) and all(rec[k] != 0 for k in ("direct", "attn", "mlp"))
+    change = attention_change(policy, early, "all", comps)
+    assert set(change) == set(range(1, policy.n_layers)) and max(max(v) for v in change.values()) > 0
+    ft = first_token(policy, early, "all", ["the cat", "a dog"])
+    assert ft["kl"] > 0 and len(ft["gained"]) == 5
+    assert first_token(policy, early, "generated", ["the cat"])["kl"] == pytest.approx(0, abs=1e-9)
