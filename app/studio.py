@@ -140,8 +140,10 @@ class Studio:
         replace: bool = False,
         progress=None,
         voice: str = "",
+        vectors: str = "",
     ) -> dict:
-        """Default and steered synthesis of `text` with the same seed (and voice), their measures, the edits."""
+        """Default and steered synthesis of `text` with the same seed (and voice), their measures, the edits.
+        `vectors`: trained steering vectors added too, "DIR=STRENGTH" entries separated by commas."""
         from ttslens.audio.backbones.base import SCOPES
         from ttslens.audio.measures.signal import measure
 
@@ -157,7 +159,10 @@ class Studio:
             tick(0.1, "default synthesis")
             default = self.tts.synthesize(text, None, **kw)
             tick(0.5, "steered synthesis")
-            steered = self.tts.synthesize(text, steer, scope=scope, replace=replace, record=bool(self.tts.saes), **kw)
+            vecs = [v.strip() for v in str(vectors or "").split(",") if v.strip()]
+            steered = self.tts.synthesize(
+                text, steer, scope=scope, replace=replace, record=bool(self.tts.saes), vectors=vecs, **kw
+            )
         tick(0.9, "measuring")
         det = laughter_detector_for(self.tts.bb)
         timbre = timbre_gender_for(self.tts.bb)
@@ -186,6 +191,7 @@ class Studio:
             }
             for e in steered.edits
         ]
+        edits += [{"layer": "vectors", "source": v} for v in vecs]
         return {"default": default, "steered": steered, "steer": steer, "measures": measures, "edits": edits}
 
     # ---- tab 2: feature browser ----------------------------------------------------------------------

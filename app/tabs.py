@@ -108,6 +108,11 @@ def synthesize_tab(studio: Studio) -> None:
                     info = "type to search labels; or an id like 361, 361:clamp, 361:flow (with its flow graph)"
                     picks.append(feature_picker(choices, f"Feature {i + 1}", info=info))
                     picks.append(gr.Slider(-SLIDER, SLIDER, value=0, step=0.5, label="strength", scale=2))
+        vectors = gr.Textbox(
+            label="Trained steering vectors (optional)",
+            placeholder="runs/vec_laugh=1.5, runs/vec_male=-1   (ttslens vectors train --backbone ...)",
+            elem_id="vectors",
+        )
         go = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
         status = gr.Markdown()
         with gr.Row():
@@ -120,18 +125,19 @@ def synthesize_tab(studio: Studio) -> None:
 
     def on_synthesize(text, instruct, seed, scope, replace, sae, *rest, progress=gr.Progress()):  # noqa: B008 (how gradio injects its bar)
         try:
-            *rest, voice = rest
+            *rest, voice, vecs = rest
             presets = dict(zip(PRESET_NAMES, rest[: len(PRESET_NAMES)], strict=True))
             p = rest[len(PRESET_NAMES) :]
             picked = list(zip(p[::2], p[1::2], strict=True))
             tick = lambda f, m: progress(f, desc=m)  # noqa: E731
             r = studio.synthesize(
-                text, instruct, sae, presets, picked, seed, scope, replace, progress=tick, voice=voice
+                text, instruct, sae, presets, picked, seed, scope, replace, progress=tick, voice=voice, vectors=vecs
             )
         except Exception as e:
             return fail(e, 6)
         d, s = r["default"], r["steered"]
         steer = ", ".join(f"{k}={v:g}" for k, v in r["steer"].items())
+        steer = ", ".join(x for x in (steer, str(vecs or "").strip()) if x)
         note = f"steered: {steer}" if steer else "no steering (all strengths 0)"
         cut = "" if s.stopped else " · cut at the length limit"
         return (
@@ -145,7 +151,7 @@ def synthesize_tab(studio: Studio) -> None:
 
     go.click(
         on_synthesize,
-        [text, instruct, seed, scope, replace, sae, *sliders, *picks, voice],
+        [text, instruct, seed, scope, replace, sae, *sliders, *picks, voice, vectors],
         [audio_default, audio_steered, measures, edits, act_plot, status],
         api_name="synthesize",
     )

@@ -86,6 +86,16 @@ def test_synthesize_default_and_steered(studio, steer_sae):
     z = studio.synthesize(TEXT, "", "3", _presets(), NO_PICKS, seed=1)
     assert z["steer"] == {} and z["edits"] == [] and np.array_equal(z["default"].wave, z["steered"].wave)
     assert np.array_equal(z["default"].wave, d.wave)
+    # trained steering vectors, typed as DIR=STRENGTH, join the edits
+    from ttslens.sae.vectors.vectors import SteeringVectors, save_vectors
+
+    vec = SteeringVectors(studio.tts.bb.d_model, [3])
+    with torch.no_grad():
+        vec.vector(3).normal_(generator=torch.Generator().manual_seed(0)).mul_(30)
+    vdir = save_vectors(vec, Path(studio.work) / "vec", {"model": "demo", "scope": "generated"}).parent
+    v = studio.synthesize(TEXT, "", "3", _presets(), NO_PICKS, seed=1, vectors=f"{vdir}=1")
+    assert v["edits"] == [{"layer": "vectors", "source": f"{vdir}=1"}] and v["steered"].steered.any()
+    assert not np.array_equal(v["steered"].wave, v["default"].wave)
 
 
 @pytest.mark.parametrize(
