@@ -237,3 +237,43 @@ def test_path_patching_attention_and_first_token(policy):
     ft = first_token(policy, early, "all", ["the cat", "a dog"])
     assert ft["kl"] > 0 and len(ft["gained"]) == 5
     assert first_token(policy, early, "generated", ["the cat"])["kl"] == pytest.approx(0, abs=1e-9)
+
+
+def test_readout_sae_view_and_feature_direction(policy, tiny_lm, tmp_path, capsys):
+    from ttslens.sae.base import SAEConfig, make_sae
+    from ttslens.sae.files import save_sae
+
+    sae = make_sae(SAEConfig(arch="topk", d_in=policy.d, d_sae=32, k=4))
+    sae_dir = save_sae(sae, tmp_path / "sae", {"layer": 1, "hook_name": "layers.1"})
+    (sae_dir / "labels").mkdir()
+    (sae_dir / "labels" / "labels.jsonl").write_text(json.dumps({"feature": 7, "label": "the word hat"}) + "\n")
+    vec = SteeringVectors(policy.d, [1])
+    with torch.no_grad():
+        vec.vector(1).copy_(2 * sae.W_dec[7])
+    save_vectors(vec, tmp_path / "v", {"model": str(tiny_lm / "model"), "scope": "all"})
+    assert cli(["vectors", "readout", "--vectors", str(tmp_path / "v"), "--sae", str(sae_dir), "--top", "3"]) == 0
+    top = json.loads((tmp_path / "v" / "readout.json").read_text())["directions"]["layer.1"]["sae"]["features"][0]
+    assert top["feature"] == 7 and top["cosine"] == pytest.approx(1, abs=1e-4)
+    assert top["projection"] == pytest.approx(2, abs=1e-3) and top["label"] == "the word hat"
+    capsys.readouterr()
+    args = ["vectors", "readout", "--model", str(tiny_lm / "model"), "--sae", str(sae_dir), "--feature", "1/7"]
+    assert cli([*args, "--out", str(tmp_path / "f.json")]) == 0
+    rep = json.loads((tmp_path / "f.json").read_text())
+    lens = rep["directions"]["1/7"]["logit_lens"]
+    norm, W_U, names = policy.lens()
+    assert lens == logit_lens(sae.W_dec[7], norm, W_U, names, 10) and rep["feature_label"] == "the word hat"
+    assert cli([*args[:-1], "1/99"]) == 2 and "out of range" in capsys.readouterr().err
+
+
+def test_adaptive_scaling_trains_saves_and_starts_as_a_no_op(policy, tmp_path):
+    vec = SteeringVectors(policy.d, [1], adaptive=True)
+    rows = torch.randn(5, policy.d)
+    assert torch.equal(vec.scale(1, rows), torch.ones(5, 1))  # 2·sigmoid(0) = 1 at initialisation
+    items = [Item(p, "finds a green hat .") for p in PROMPTS]
+    s = train_vectors(_cfg(tmp_path, objective="likelihood", layers=[1], steps=10, adaptive=True), policy, items, False)
+    assert s["eval"]["target_nll"]["vectors"] < s["eval"]["target_nll"]["base"]
+    loaded, meta = load_vectors(tmp_path / "v")
+    assert loaded.adaptive and meta["adaptive"] is True
+    assert float(loaded.scale_w["1"].abs().sum()) > 0  # the per-position scale was learned
+    scale = loaded.scale(1, rows)
+    assert scale.shape == (5, 1) and bool(((scale > 0) & (scale < 2)).all())
