@@ -151,12 +151,14 @@ def main() -> None:
         "held_out": score(policy, work / "combined"),
         "completions": kinds(policy, work / "combined"),
     }
-    from ttslens.sae.vectors.analysis import path_patching
+    from ttslens.sae.vectors.analysis import attention_change, first_token, path_patching
 
     comps = []
     for j, it in enumerate(held):
         comps += policy.sample(it, 8, [50_000 + 8 * j + i for i in range(8)], policy.edits(v0, "all"), max_new_tokens=6)
     out["vector_layer0"]["paths"] = path_patching(policy, v0, "all", comps)
+    out["vector_layer0"]["attention_change"] = attention_change(policy, v0, "all", comps)  # layer 1's heads
+    out["vector"]["first_token"] = first_token(policy, v1, "all", held)
     # transfer: the layer-1 vector on another LM of the same width and vocabulary (another seed)
     other = TextPolicy(*load_model(str(build_lm(work / "other_lm", pairs, args.seed + 1, args.lm_steps))))
     out["transfer"] = {"base": score(other), "with_vector_of_the_first_lm": score(other, cfg.out)}
