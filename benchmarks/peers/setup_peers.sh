@@ -18,7 +18,7 @@ trap 'rm -f "$constraints"' EXIT
 echo "torch==$torch_version" >"$constraints"
 
 "$py" -m pip install --quiet "torch==$torch_version"
-"$py" -m pip install --quiet -c "$constraints" sae-lens eai-sparsify safetensors numpy
+"$py" -m pip install --quiet -c "$constraints" "sae-lens==6.54.12" "eai-sparsify==1.3.3" safetensors numpy  # the versions RESULTS.md names
 
 "$py" - "$torch_version" <<'PY'
 import sys
