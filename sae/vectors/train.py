@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ttslens.sae.errors import BadInput, FileClash, MissingFile
-from ttslens.sae.files import atomic_torch_save, atomic_write_json
+from ttslens.sae.files import atomic_path, atomic_torch_save, atomic_write_json
 from ttslens.sae.vectors.rewards import Reward
 from ttslens.sae.vectors.vectors import SteeringVectors, save_vectors
 
@@ -301,6 +301,8 @@ def _train(cfg, policy, items, progress, meta, reward, scope, out, vec, opt, lr,
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, log_rows = state["step"], state["log"]
+        with atomic_path(out / LOG) as tmp:  # rows logged after the checkpoint are dropped: no duplicates
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in log_rows))
     if weights is None and any(p.requires_grad for p in policy.parameters()):
         raise RuntimeError("the model's weights must be frozen while a vector trains")  # a bug, not input
     sample_kw = policy.sample_kwargs(cfg)

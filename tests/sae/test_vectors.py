@@ -110,13 +110,21 @@ def test_resume_repeats_the_uninterrupted_run(policy, tmp_path, monkeypatch):
     def save_then_die(path, state):
         real(path, state)
         calls.append(state["step"])
-        if state["step"] == 3:
-            raise KeyboardInterrupt
 
+    def die_at_step_6(*a, **k):  # killed after step 5 was logged, two steps past the checkpoint at step 3
+        log = tmp_path / "run" / "v" / "train_log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) == 5:
+            raise KeyboardInterrupt
+        return real_score(*a, **k)
+
+    real_score = vtrain._score
+    monkeypatch.setattr(vtrain, "_score", die_at_step_6)
     monkeypatch.setattr(vtrain, "atomic_torch_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_vectors(_cfg(tmp_path / "run", reward=r"regex:\bhat\b", epochs=2), policy, items, progress=False)
     monkeypatch.setattr(vtrain, "atomic_torch_save", real)
+    monkeypatch.setattr(vtrain, "_score", real_score)
+    assert calls == [3]
     cfg = _cfg(tmp_path / "run", reward=r"regex:\bhat\b", epochs=2, resume=True)
     train_vectors(cfg, policy, items, progress=False)
     a, _ = load_vectors(ref["out"])
