@@ -162,9 +162,12 @@ def _check(cfg: VectorConfig, policy, items: list[Item]) -> Reward | None:
         if not 0 <= x < policy.n_layers:
             raise BadInput(f"layer {x} out of range: the model has {policy.n_layers} layers (0..{policy.n_layers - 1})")
     if cfg.objective == "likelihood":
-        missing = [i for i, it in enumerate(items, 1) if not it.target]
+        missing = [i for i, it in enumerate(items, 1) if not (it.target or it.info.get("audio"))]
         if missing:
-            raise BadInput(f"--objective likelihood needs a `target` for every prompt (record {missing[0]} has none)")
+            raise BadInput(
+                f"--objective likelihood needs a `target` (or for a TTS backbone an `audio` file) for every prompt "
+                f"(record {missing[0]} has none)"
+            )
         return None
     return Reward(cfg.reward)
 

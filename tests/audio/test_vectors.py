@@ -80,3 +80,23 @@ def test_synthesize_and_the_tts_api_take_vectors(small, small_assets, tmp_path, 
     save_vectors(wide, tmp_path / "w", {"model": "other"})
     assert cli([*args, "--vectors", str(tmp_path / "w")]) == 2
     assert "-wide (trained on other)" in capsys.readouterr().err
+
+
+def test_likelihood_on_target_speech_lowers_its_nll(small, tmp_path):
+    """`--objective likelihood` on a TTS backbone: records give a text and the `audio` to say it like."""
+    from ttslens.audio.commands import write_wav
+    from ttslens.sae.vectors.train import load_prompts
+
+    pol = TTSPolicy(small)
+    rows = []
+    for i, text in enumerate(["the door is open.", "we walked home."]):
+        s = pol.sample(text, 1, [40 + i])[0]
+        wav = write_wav(tmp_path / f"t{i}.wav", s.wave, s.sample_rate)
+        rows.append({"text": text, "audio": str(wav)})
+    (tmp_path / "targets.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = load_prompts(str(tmp_path / "targets.jsonl"))
+    cfg = VectorConfig(objective="likelihood", layers=[1], steps=8, prompts_per_step=2, eval_prompts=2,
+                       out=str(tmp_path / "v"))  # fmt: skip
+    s = train_vectors(cfg, pol, items, progress=False)
+    nll = s["eval"]["target_nll"]
+    assert nll["vectors"] < nll["base"], nll
