@@ -411,6 +411,7 @@ def test_eight_concurrent_requests(server, tmp_path):
             "",
             0.0,
             "",
+            "",
             api_name="/synthesize",
         )  # fmt: skip
         for i, w in enumerate(words)
@@ -421,7 +422,7 @@ def test_eight_concurrent_requests(server, tmp_path):
         assert "Error" not in status and f"seed {i}" in status, status
         assert Path(default).is_file() and Path(steered).is_file()
     bad = client.predict(
-        "", "", 0, "speech", False, "3", 0.0, 0.0, 0.0, "", 0.0, "", 0.0, "", 0.0, "", api_name="/synthesize"
+        "", "", 0, "speech", False, "3", 0.0, 0.0, 0.0, "", 0.0, "", 0.0, "", 0.0, "", "", api_name="/synthesize"
     )
     assert bad[-1].startswith("**Error:** empty text")
     assert "Traceback" not in log.read_text()
