@@ -5,8 +5,9 @@ the attribute's reward plus content (`asr`: 1 − Whisper tiny.en WER), on train
 (`laughter+asr`), gender (`male+asr`; −strength pushes towards female) and rate (`slower+asr`; −strength faster).
 Then both are swept with `steer-eval` on the same held-out texts, voices and seeds: the vector at strengths s, and
 the SAE's preset for the attribute (`presets`, layer 3) at the strengths whose edit has the same norm per position
-(‖α Σ Z_f W_dec[f]‖ = |s|·‖v‖): equal strength budgets. Also each vector's logit lens (the demo's decision head:
-stay / next phoneme / stop) and its SAE view (the layer-3 SAE features it is most aligned with).
+(‖α Σ Z_f W_dec[f]‖ = |s|·‖v‖), signed the vector's way (the rate preset's + is faster): equal strength
+budgets. Also each vector's logit lens (the demo's decision head: stay / next phoneme / stop) and its SAE view
+(the layer-3 SAE features it is most aligned with).
 
     python benchmarks/bench_vectors_tts.py          # → results/vectors_tts.json, .png; ~45 min on 2 cores
 """
@@ -25,6 +26,7 @@ ATTRIBUTES = {  # attribute → (reward, the preset's attribute, strengths of th
     "gender": ("male+asr", "gender", [-1.5, -1.0, 0.0, 1.0, 1.5]),
     "rate": ("slower+asr", "rate", [-1.5, -1.0, 0.0, 1.0, 1.5]),
 }
+SIGN = {"rate": -1.0}  # the preset's + is faster, the rate vector's + slower: the SAE is swept the vector's way
 KEEP = ("alpha", "mean", "ci_lo", "ci_hi", "wer", "text_match", "content", "p_male_timbre", "n")
 
 
@@ -119,7 +121,8 @@ def main() -> None:
                                         "train_reward_first_last": _first_last(vdir)}  # fmt: skip
         run["readout"] = run_readout(ReadoutConfig(vectors=str(vdir), sae=[sae], top=5))["directions"]["layer.3"]
         for mode in ("vector", "sae"):
-            alphas = strengths if mode == "vector" else [round(s * v_norm / n_sae, 4) for s in strengths]
+            sign = SIGN.get(attribute, 1.0)
+            alphas = strengths if mode == "vector" else sorted(round(sign * s * v_norm / n_sae, 4) for s in strengths)
             cfg = SteerEvalConfig(
                 sae=[] if mode == "vector" else [sae], vectors=str(vdir) if mode == "vector" else "",
                 attribute=attribute, steer="" if mode == "vector" else preset, alphas=alphas, texts=args.texts,
@@ -127,8 +130,9 @@ def main() -> None:
             )  # fmt: skip
             res = run_steer_eval(cfg)
             rows = [{k: r.get(k) for k in KEEP} for r in res["rows"]]
-            for r, s in zip(rows, sorted(strengths), strict=True):
-                r["budget"] = round(s * v_norm, 3)
+            for r in rows:  # the signed edit norm per position, + the vector's way
+                r["budget"] = round(r["alpha"] * (v_norm if mode == "vector" else sign * n_sae), 3)
+            rows.sort(key=lambda r: r["budget"])
             run[mode] = {"alphas": alphas, "rows": rows}
             print(attribute, mode, [(r["alpha"], r["mean"], r.get("wer")) for r in rows], flush=True)
         run["summary"] = summary.get("eval")
