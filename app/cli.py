@@ -26,6 +26,7 @@ def _commands():
     from ttslens.audio.harvest import run_boost, run_eval, run_harvest, run_match, train_sae
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
     from ttslens.audio.steering.presets import PresetConfig, run_presets
+    from ttslens.audio.vectors import run_analyze as vectors_analyze
     from ttslens.audio.vectors import run_apply as vectors_apply
     from ttslens.audio.vectors import run_readout as vectors_readout
     from ttslens.audio.vectors import run_train as vectors_train
@@ -42,7 +43,7 @@ def _commands():
     from ttslens.sae.match import MatchConfig
     from ttslens.sae.stability import StabilityConfig, run_stability
     from ttslens.sae.training import TrainConfig
-    from ttslens.sae.vectors.commands import AnalyzeConfig, ApplyConfig, ReadoutConfig, run_analyze
+    from ttslens.sae.vectors.commands import AnalyzeConfig, ApplyConfig, ReadoutConfig
     from ttslens.sae.vectors.train import VectorConfig
 
     def do_train(cfg):
@@ -64,7 +65,7 @@ def _commands():
         "vectors train": (VectorConfig, vectors_train, "train steering vectors: likelihood or online RL"),
         "vectors readout": (ReadoutConfig, vectors_readout, "logit lens and SAE view of steering vectors"),
         "vectors apply": (ApplyConfig, vectors_apply, "generate with trained steering vectors and without"),
-        "vectors analyze": (AnalyzeConfig, run_analyze, "path patching, attention change, first-token effect"),
+        "vectors analyze": (AnalyzeConfig, vectors_analyze, "path patching, attention change, first-token effect"),
         "label": (LabelConfig, run_label, "label an SAE's features from text and audio evidence (resumable)"),
         "synthesize": (SynthesizeConfig, run_synthesize, "speak a text (optionally steered through SAE features)"),
         "presets": (PresetConfig, run_presets, "find an SAE's laughter / gender / rate steering features"),

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttslens.audio.backbones.base import SCOPES, Intervention, TTSBackbone
+from ttslens.audio.backbones.base import SCOPES, Intervention, TTSBackbone, scope_mask
 from ttslens.sae.errors import BadInput
 from ttslens.sae.vectors import rewards
 
@@ -86,9 +86,16 @@ class TTSPolicy:
         for m in self.modules:
             yield from m.parameters()
 
+    def layers(self):
+        return self.bb.layers()
+
     def check_scope(self, scope: str) -> None:
         if scope not in SCOPES:
             raise BadInput(f"unknown vector scope {scope!r} for a TTS backbone: use one of {', '.join(SCOPES)}")
+
+    def where(self, scope: str):
+        """The positions of `scope` for the hook context of a teacher-forced pass (path patching's edits)."""
+        return lambda ctx: scope_mask(scope, ctx.modality, ctx.prompt, ctx.times)
 
     def edits(self, vec, scope: str, strength: float = 1.0) -> list[Intervention]:
         return [Intervention(x, (lambda rows, x=x: vec.add(x, rows, strength)), scope) for x in vec.layers]
@@ -127,10 +134,10 @@ class TTSPolicy:
         tokens = self.bb.as_tokens(self.bb.encode_audio(wave, sr))
         return SpeechSample(item.prompt, tokens, True, item.info.get("instruct"), self._prompt(item), self.bb)
 
-    def token_logprobs(self, comps: Sequence[SpeechSample], edits=()) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_logprobs(self, comps: Sequence[SpeechSample], edits=(), also=()) -> tuple[torch.Tensor, torch.Tensor]:
         """log p [B, T + 1] of each sample's frames and (when it stopped) its stop, with the mask."""
         tfs = self.bb.teacher_forced_batch(
-            [(c.text, c.tokens, c.instruct, c.prompt) for c in comps], interventions=edits, grad=True
+            [(c.text, c.tokens, c.instruct, c.prompt) for c in comps], interventions=edits, grad=True, also=also
         )
         rows = []
         for c, tf in zip(comps, tfs, strict=True):
@@ -264,6 +271,14 @@ def run_readout(cfg) -> dict:
 
     name = _backbone_of(cfg)
     return commands.readout(cfg, _policy(name, device=cfg.device)) if name else commands.run_readout(cfg)
+
+
+def run_analyze(cfg) -> dict:
+    """`ttslens vectors analyze`: path patching on a TTS backbone, or the text-LM analyses."""
+    from ttslens.sae.vectors import commands
+
+    name = _backbone_of(cfg)
+    return commands.analyze(cfg, _policy(name, device=cfg.device)) if name else commands.run_analyze(cfg)
 
 
 def run_apply(cfg) -> dict:

@@ -389,15 +389,19 @@ class TTSBackbone:
         logits: bool = True,
         hook: str = "resid",
         grad: bool = False,
+        also: Sequence[Hooks] = (),
     ) -> list[TeacherForced]:
         """One padded forward pass over [prefix, speech tokens] of each (text, tokens[, instruct[, prompt]]) item
         (a voice prompt's speech sits in the prefix, before the tokens). `hidden` holds the residual after
         `layers` (or their MLP / attention outputs: `hook`); interventions always edit the residual. `grad`: keep
-        the autograd graph (what the interventions hold, e.g. a steering vector being trained)."""
-        with torch.set_grad_enabled(grad):
-            return self._teacher_forced_batch(items, layers, interventions, logits, hook)
+        the autograd graph (what the interventions hold, e.g. a steering vector being trained). `also`: more hook
+        engines given the same context (e.g. on the layer norms' inputs: path patching)."""
+        with torch.set_grad_enabled(grad), contextlib.ExitStack() as stack:
+            for eng in also:
+                stack.enter_context(eng)
+            return self._teacher_forced_batch(items, layers, interventions, logits, hook, also)
 
-    def _teacher_forced_batch(self, items, layers, interventions, logits, hook) -> list[TeacherForced]:
+    def _teacher_forced_batch(self, items, layers, interventions, logits, hook, also=()) -> list[TeacherForced]:
         seqs = []
         for it in items:
             text, tokens, instruct, prompt = (*it, None, None)[:4]
@@ -411,6 +415,8 @@ class TTSBackbone:
         taps = Hooks(hook_modules(self.layers(), hook), record=layers, stop_after=stop) if split else hooks
         with hooks, taps if split else contextlib.nullcontext():
             hooks.context = taps.context = ctx
+            for eng in also:
+                eng.context = ctx
             try:
                 h, _ = self.forward(self._embed(ids, ctx.modality), attn, pos)
             except StopForward:  # no logits or edits asked: the pass ends after the last recorded layer

@@ -1,11 +1,12 @@
-"""What a trained vector does inside a text LM, the analyses of arXiv 2509.06608 (`ttslens vectors analyze`).
+"""What a trained vector does inside a model, the analyses of arXiv 2509.06608 (`ttslens vectors analyze`).
 
 - **Path patching.** The vector v sits in the residual stream after layer L; everything after reads it. Each path
   gets v on its own, the residual left clean: `direct` (v added only where the final norm reads the residual), `attn`
   (v added only to what the attention blocks of layers > L read: their input norms), `mlp` (v added only to what
   the MLPs of layers > L read). Each is scored by the change in mean log-probability per token of completions
   sampled with the vector, against the model without it, beside the `total` (the vector as trained); the paths'
-  shares are these changes over the total's (they need not sum to 1: the paths interact).
+  shares are these changes over the total's (they need not sum to 1: the paths interact). Text LMs and TTS
+  backbones (speech frames' log-probabilities); the two analyses below read text LMs.
 - **Attention-pattern change**: per later layer and head, the mean total-variation distance between the attention
   distributions with and without the vector, over the same completions.
 - **First generated token**: the next-token distribution at the end of each prompt, with and without the vector:
@@ -38,17 +39,15 @@ def _mean_delta(lp, base, mask) -> float:
 @torch.no_grad()
 def path_patching(policy, vec, scope: str, comps) -> dict:
     """Δ mean log p per token of `comps` for the vector as trained and for each path alone (see the module doc)."""
-    from ttslens.sae.vectors.lm import final_norm, scope_where
-
     base, mask = policy.token_logprobs(comps, [])
     total = _mean_delta(policy.token_logprobs(comps, policy.edits(vec, scope))[0], base, mask)
-    where = scope_where(scope)
+    where = policy.where(scope)
     layers, n = policy.layers(), policy.n_layers
     out = {"total": total, "layers": {}}
     for L in vec.layers:
         add = lambda rows, L=L: vec.add(L, rows)  # noqa: E731
         engines = {}
-        norm = final_norm(policy.model)
+        norm = policy.lens()[0]
         if norm is not None:
             engines["direct"] = Hooks(nn.ModuleList([norm]), [Edit(0, add, where)], inputs=True)
         for path in ("attn", "mlp"):
@@ -59,7 +58,7 @@ def path_patching(policy, vec, scope: str, comps) -> dict:
         for name, eng in engines.items():
             lp, _ = policy.token_logprobs(comps, [], also=[eng])
             rec[name] = _mean_delta(lp, base, mask)
-        alone = policy.token_logprobs(comps, vec.edits(where, layers=[L]))[0]
+        alone = policy.token_logprobs(comps, [e for e in policy.edits(vec, scope) if e.layer == L])[0]
         rec["vector_alone"] = _mean_delta(alone, base, mask)
         rec["shares"] = {
             k: (v / rec["vector_alone"] if rec["vector_alone"] else None) for k, v in rec.items() if k != "vector_alone"

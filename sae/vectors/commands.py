@@ -71,9 +71,10 @@ class ApplyConfig:
 
 @dataclass
 class AnalyzeConfig:
-    """What trained vectors do inside a text LM (`ttslens.sae.vectors.analysis`): path patching (direct, through later
-    attention, through later MLPs), the attention-pattern change per head, the first generated token's shift; over
-    completions sampled with the vectors from --prompts. Writes VECTORS/analysis.json (or --out)."""
+    """What trained vectors do inside the model (`ttslens.sae.vectors.analysis`): path patching (direct, through later
+    attention, through later MLPs) and, on a text LM, the attention-pattern change per head and the first generated
+    token's shift; over completions sampled with the vectors from --prompts. Writes VECTORS/analysis.json (or
+    --out)."""
 
     vectors: str = ""
     """The vectors' directory."""
@@ -81,6 +82,8 @@ class AnalyzeConfig:
     """Prompts (a .txt or .jsonl file, as for `vectors train`; default: the prompts they were trained on)."""
     model: str = ""
     """The text LM (default: the vectors' own)."""
+    backbone: str = ""
+    """Or the TTS backbone (default: the vectors' own); path patching only."""
     samples: int = 4
     """Completions sampled with the vectors per prompt."""
     max_prompts: int = 16
@@ -96,29 +99,32 @@ class AnalyzeConfig:
 
 
 def run_analyze(cfg: AnalyzeConfig) -> dict:
+    vec, meta = load_vectors(cfg.vectors)
+    return analyze(cfg, text_policy(cfg.model or meta.get("model") or "", cfg.device))
+
+
+def analyze(cfg: AnalyzeConfig, policy) -> dict:
+    """Path patching on any policy; the attention change and the first-token shift on a text LM."""
     from ttslens.sae.vectors.analysis import attention_change, first_token, path_patching
+    from ttslens.sae.vectors.lm import TextPolicy
     from ttslens.sae.vectors.train import load_prompts
 
     vec, meta = load_vectors(cfg.vectors)
-    if meta.get("backbone"):
-        raise BadInput("`vectors analyze` reads text LMs; for a TTS backbone use `vectors readout` and `steer-eval`")
     items = load_prompts(cfg.prompts or meta.get("data") or "")[: cfg.max_prompts]
-    policy = text_policy(cfg.model or meta.get("model") or "", cfg.device)
     check_fits(vec, meta, policy.d, policy.n_layers, policy.name)
     scope = meta.get("scope") or policy.default_scope
     vec = vec.to(policy.device)
+    text = isinstance(policy, TextPolicy)
+    kw = {"max_new_tokens": cfg.max_new_tokens} if text else {}
     comps = []
     for j, it in enumerate(items):
         seeds = [cfg.seed + cfg.samples * j + i for i in range(cfg.samples)]
-        comps += policy.sample(it, cfg.samples, seeds, policy.edits(vec, scope), max_new_tokens=cfg.max_new_tokens)
-    out = {
-        "vectors": cfg.vectors,
-        "scope": scope,
-        "completions": len(comps),
-        "paths": path_patching(policy, vec, scope, comps),
-        "attention_change": attention_change(policy, vec, scope, comps),
-        "first_token": first_token(policy, vec, scope, items),
-    }
+        comps += policy.sample(it, cfg.samples, seeds, policy.edits(vec, scope), **kw)
+    out = {"vectors": cfg.vectors, "scope": scope, "completions": len(comps)}
+    out["paths"] = path_patching(policy, vec, scope, comps)
+    if text:
+        out["attention_change"] = attention_change(policy, vec, scope, comps)
+        out["first_token"] = first_token(policy, vec, scope, items)
     where = cfg.out or str(Path(cfg.vectors) / "analysis.json")
     atomic_write_json(where, out)
     return out | {"written": where}

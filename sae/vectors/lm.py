@@ -68,6 +68,9 @@ class TextPolicy:
     def check_scope(self, scope: str) -> None:
         scope_where(scope)
 
+    def where(self, scope: str):
+        return scope_where(scope)
+
     def edits(self, vec, scope: str, strength: float = 1.0) -> list:
         return vec.edits(scope_where(scope), strength)
 

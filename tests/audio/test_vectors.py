@@ -4,6 +4,7 @@ the weights frozen, readout names the speech head's rows, apply writes the steer
 
 import json
 
+import pytest
 import torch
 
 from ttslens.app.cli import main as cli
@@ -100,3 +101,23 @@ def test_likelihood_on_target_speech_lowers_its_nll(small, tmp_path):
     s = train_vectors(cfg, pol, items, progress=False)
     nll = s["eval"]["target_nll"]
     assert nll["vectors"] < nll["base"], nll
+
+
+def test_path_patching_on_a_tts_backbone(small):
+    from ttslens.sae.vectors.analysis import path_patching
+
+    pol = TTSPolicy(small)
+    samples = pol.sample("the door is open.", 2, [3, 4], [])
+    last = small.n_layers - 1
+    for layer in (0, last):
+        vec = SteeringVectors(pol.d, [layer])
+        with torch.no_grad():
+            vec.vector(layer).normal_(generator=torch.Generator().manual_seed(layer)).mul_(2)
+        p = path_patching(pol, vec, "generated", samples)
+        rec = p["layers"][layer]
+        assert rec["vector_alone"] == pytest.approx(p["total"], abs=1e-6) and p["total"] != 0
+        if layer == last:  # only the final norm reads the last layer's output
+            assert set(rec) == {"direct", "vector_alone", "shares"}
+            assert rec["direct"] == pytest.approx(p["total"], abs=1e-4)
+        else:
+            assert {"direct", "attn", "mlp"} <= set(rec) and all(rec[k] != 0 for k in ("direct", "attn", "mlp"))
