@@ -93,8 +93,8 @@ def main() -> None:
 
     from ttslens.audio.steering.evaluate import ATTRIBUTES as MEASURES
     from ttslens.audio.steering.evaluate import SteerEvalConfig, run_steer_eval
-    from ttslens.audio.vectors import run_readout, run_train
-    from ttslens.sae.vectors.commands import ReadoutConfig
+    from ttslens.audio.vectors import run_analyze, run_readout, run_train
+    from ttslens.sae.vectors.commands import AnalyzeConfig, ReadoutConfig
     from ttslens.sae.vectors.train import VectorConfig
     from ttslens.sae.vectors.vectors import load_vectors
 
@@ -120,6 +120,8 @@ def main() -> None:
                                         "preset_norm_at_alpha_1": n_sae, "train_log": str(vdir / "train_log.jsonl"),
                                         "train_reward_first_last": _first_last(vdir)}  # fmt: skip
         run["readout"] = run_readout(ReadoutConfig(vectors=str(vdir), sae=[sae], top=5))["directions"]["layer.3"]
+        acfg = AnalyzeConfig(vectors=str(vdir), samples=2, max_prompts=4, out=str(vdir / "analysis.json"))
+        run["paths"] = run_analyze(acfg)["paths"]  # direct / through later attention / through later MLPs
         for mode in ("vector", "sae"):
             sign = SIGN.get(attribute, 1.0)
             alphas = strengths if mode == "vector" else sorted(round(sign * s * v_norm / n_sae, 4) for s in strengths)
