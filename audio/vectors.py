@@ -4,7 +4,8 @@ A prompt is a text to speak (a .jsonl record may add `instruct` and `voice`, a n
 completion is the generated speech; its log-probability is the backbone's own (`speech_logprobs`: per frame, every
 codebook and the stop). Rewards registered here read the decoded audio through `ttslens.audio.measures`:
 
-    laughter   the laughter detector's probability
+    laughter   the laughter detector's probability (laughter_logodds: its log-odds, a denser signal for RL when
+               almost no sample laughs)
     male       P(male): the mean of the pitch and the pitch-free timbre measures (pitch alone where the backbone
                has no timbre classifier); female = 1 − male; NaN (the sample skipped) when nothing is voiced
     slower     voiced duration in seconds (within a group the text is fixed, so longer = slower); faster = −slower
@@ -189,6 +190,12 @@ def _laughter(prompt, sample, **_) -> float:
     return float(sample.measures().laughter)
 
 
+def _laughter_logodds(prompt, sample, **_) -> float:
+    """log(p / (1 − p)) of the laughter probability, clipped to ±12: dense where p itself is ~0 everywhere."""
+    p = min(max(float(sample.measures().laughter), 6e-6), 1 - 6e-6)
+    return math.log(p / (1 - p))
+
+
 def _content(prompt, sample, backbone=None, other: str | None = None, **_) -> float:
     from ttslens.audio.steering.evaluate import text_match
 
@@ -210,6 +217,7 @@ def _asr(prompt, sample, **_) -> float:
 
 def register_audio_rewards() -> None:
     rewards.register("laughter", lambda: _laughter)
+    rewards.register("laughter_logodds", lambda: _laughter_logodds)
     rewards.register("male", lambda: lambda prompt, s, **_: _p_male(s))
     rewards.register("female", lambda: lambda prompt, s, **_: 1.0 - _p_male(s))
     rewards.register("slower", lambda: lambda prompt, s, **_: float(s.measures().voiced_s))

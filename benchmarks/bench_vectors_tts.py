@@ -21,10 +21,11 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).parent))
-ATTRIBUTES = {  # attribute → (reward, the preset's attribute, strengths of the sweep)
-    "laughter": ("laughter+asr", "laughter", [0.0, 0.5, 1.0, 1.5]),
-    "gender": ("male+asr", "gender", [-1.5, -1.0, 0.0, 1.0, 1.5]),
-    "rate": ("slower+asr", "rate", [-1.5, -1.0, 0.0, 1.0, 1.5]),
+RUNS = {  # run → (attribute measured, reward, the preset's attribute, strengths of the sweep)
+    "laughter": ("laughter", "laughter+asr", "laughter", [0.0, 0.5, 1.0, 1.5]),
+    "laughter_logodds": ("laughter", "laughter_logodds+asr", "laughter", [0.0, 0.5, 1.0, 1.5]),
+    "gender": ("gender", "male+asr", "gender", [-1.5, -1.0, 0.0, 1.0, 1.5]),
+    "rate": ("rate", "slower+asr", "rate", [-1.5, -1.0, 0.0, 1.0, 1.5]),
 }
 SIGN = {"rate": -1.0}  # the preset's + is faster, the rate vector's + slower: the SAE is swept the vector's way
 KEEP = ("alpha", "mean", "ci_lo", "ci_hi", "wer", "text_match", "content", "p_male_timbre", "n")
@@ -76,7 +77,7 @@ def main() -> None:
     ap.add_argument("--work", default="runs/vectors_tts")
     ap.add_argument("--sae-work", default="runs/flow_long", help="where the layer-3 SAE is (trained there if missing)")
     ap.add_argument("--sae-tokens", type=int, default=1_500_000)
-    ap.add_argument("--attributes", default="gender,rate,laughter")
+    ap.add_argument("--attributes", default="gender,rate,laughter,laughter_logodds", help=f"runs, of {list(RUNS)}")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--prompts-per-step", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
@@ -104,9 +105,11 @@ def main() -> None:
     prompts = work / "train_texts.txt"
     prompts.write_text("\n".join(train_texts(args.train_texts)) + "\n")
     out = {"command": " ".join(["python benchmarks/bench_vectors_tts.py", *sys.argv[1:]]), "sae": sae, "runs": {}}
-    for attribute in args.attributes.split(","):
-        reward, preset, strengths = ATTRIBUTES[attribute]
-        vdir = work / attribute
+    if Path(args.out).exists():  # runs of other --attributes are kept
+        out["runs"] = json.loads(Path(args.out).read_text()).get("runs", {})
+    for name in args.attributes.split(","):
+        attribute, reward, preset, strengths = RUNS[name]
+        vdir = work / name
         if not (vdir / "summary.json").exists():
             cfg = VectorConfig(backbone="demo", prompts=str(prompts), reward=reward, layers=[3], steps=args.steps,
                                prompts_per_step=args.prompts_per_step, samples=args.samples, eval_samples=0,
@@ -116,9 +119,11 @@ def main() -> None:
         vec, _ = load_vectors(vdir)
         v_norm = float(vec.vector(3).norm())
         n_sae = preset_norm(sae, preset)
-        run = out["runs"][attribute] = {"reward": reward, "measure": MEASURES[attribute], "vector_norm": v_norm,
-                                        "preset_norm_at_alpha_1": n_sae, "train_log": str(vdir / "train_log.jsonl"),
-                                        "train_reward_first_last": _first_last(vdir)}  # fmt: skip
+        run = out["runs"][name] = {
+            "attribute": attribute, "reward": reward, "measure": MEASURES[attribute], "vector_norm": v_norm,
+            "preset_norm_at_alpha_1": n_sae, "train_log": str(vdir / "train_log.jsonl"),
+            "train_reward_first_last": _first_last(vdir),
+        }  # fmt: skip
         run["readout"] = run_readout(ReadoutConfig(vectors=str(vdir), sae=[sae], top=5))["directions"]["layer.3"]
         acfg = AnalyzeConfig(vectors=str(vdir), samples=2, max_prompts=4, out=str(vdir / "analysis.json"))
         run["paths"] = run_analyze(acfg)["paths"]  # direct / through later attention / through later MLPs
@@ -128,7 +133,7 @@ def main() -> None:
             cfg = SteerEvalConfig(
                 sae=[] if mode == "vector" else [sae], vectors=str(vdir) if mode == "vector" else "",
                 attribute=attribute, steer="" if mode == "vector" else preset, alphas=alphas, texts=args.texts,
-                voices=args.voices, scope="generated", out=str(work / "sweeps" / f"{attribute}_{mode}"), progress=False,
+                voices=args.voices, scope="generated", out=str(work / "sweeps" / f"{name}_{mode}"), progress=False,
             )  # fmt: skip
             res = run_steer_eval(cfg)
             rows = [{k: r.get(k) for k in KEEP} for r in res["rows"]]
@@ -136,7 +141,7 @@ def main() -> None:
                 r["budget"] = round(r["alpha"] * (v_norm if mode == "vector" else sign * n_sae), 3)
             rows.sort(key=lambda r: r["budget"])
             run[mode] = {"alphas": alphas, "rows": rows}
-            print(attribute, mode, [(r["alpha"], r["mean"], r.get("wer")) for r in rows], flush=True)
+            print(name, mode, [(r["alpha"], r["mean"], r.get("wer")) for r in rows], flush=True)
         run["summary"] = summary.get("eval")
         Path(args.out).write_text(json.dumps(out, indent=1))
     plot(out, Path(args.out).with_suffix(".png"))
