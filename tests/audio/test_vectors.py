@@ -3,6 +3,7 @@ demo build: speech log-probs are differentiable and unchanged by a zero vector, 
 the weights frozen, readout names the speech head's rows, apply writes the steered and the unsteered speech."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -42,6 +43,12 @@ def test_rl_with_an_audio_reward_keeps_weights_and_cli_reads_and_applies(small, 
     assert len(log) == 2 and all(r["reward"] is not None for r in log)
     vec, meta = load_vectors(tmp_path / "v")
     assert meta["reward"] == "slower" and meta["scope"] == "generated" and s["norms"][1] > 0
+    from ttslens.sae.vectors.rewards import Reward
+
+    sample = pol.sample(items[0], 1, [9])[0]
+    p = min(max(sample.measures().laughter, 6e-6), 1 - 6e-6)
+    got = Reward("laughter_logodds+2*slower").score(items[0].prompt, sample)
+    assert got == pytest.approx(math.log(p / (1 - p)) + 2 * sample.measures().voiced_s)
     # the CLI finds the backbone in the vectors' metadata
     vdir = str(tmp_path / "v")
     assert cli(["vectors", "readout", "--vectors", vdir, "--backbone", str(small_assets), "--top", "2"]) == 0
