@@ -345,10 +345,11 @@ def _train(cfg, policy, items, progress, meta, reward, scope, out, vec, opt, lr,
                 kept = [comps[i] for i in keep]
                 adv = adv_B[keep].to(policy.device)
                 with torch.no_grad():
-                    old, mask = policy.token_logprobs(kept, policy.edits(vec, scope))
                     ref = policy.token_logprobs(kept, [])[0] if cfg.kl > 0 else None
+                old = None  # π_old: the first epoch's own log-probs (the policy that sampled), detached
                 for _ in range(cfg.epochs):
                     lp, mask = policy.token_logprobs(kept, policy.edits(vec, scope))
+                    old = lp.detach() if old is None else old
                     loss, stats = policy_loss(lp, old, ref, mask, adv, cfg.clip, cfg.kl)
                     opt.zero_grad()
                     loss.backward()
