@@ -64,7 +64,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--plot-only", action="store_true", help="redraw the plot from results/quality.json")
+    p.add_argument("--parts", default="ground_truth,hierarchical,kron", help="which of the three to run")
+    p.add_argument("--archs", default="batchtopk,topk,hierarchical,kron,relu", help="ground_truth's architectures")
+    p.add_argument("--name", default="quality", help="the raw JSON's name under --out (NAME.json)")
     a = p.parse_args()
+    parts = set(a.parts.split(","))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.plot_only:
@@ -73,11 +77,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ttslens_bench_"))
     results: dict = {"config": vars(a)}
 
+    if "ground_truth" in parts:
+        ground_truth(a, work, results)
+    if "hierarchical" in parts or "kron" in parts:
+        hierarchical_and_kron(a, work, results, out, parts)
+    (out / f"{a.name}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
+
+
+def ground_truth(a, work: Path, results: dict) -> None:
     # 2. ground truth: d=128, 512 true features, ~8 active per token; SAEs with 1024 latents at k=8
     syn = make_superposition(a.tokens // 2 + 16384, 128, 512, 8, seed=1)
     gt = write_synthetic(work / "gt.safetensors", syn)
     results["ground_truth"] = {}
-    for arch in ("batchtopk", "topk", "hierarchical", "kron", "relu"):
+    for arch in a.archs.split(","):
         cfg = SAEConfig(arch=arch, d_sae=1024, k=8, kron_m=2, kron_n=4, l1_coeff=0.3)
         res = fit(gt, work, f"gt_{arch}", cfg, a.tokens, a.lr)
         results["ground_truth"][arch] = {
@@ -86,9 +99,18 @@ def main() -> None:
             "l0": res.metrics["l0"],
         }
 
+
+def hierarchical_and_kron(a, work: Path, results: dict, out: Path, parts: set[str]) -> None:
     # 3. HierarchicalTopK (K=64) at k in {8,16,32,64} vs TopK trained at each k; d=128, 2048 latents
     syn = make_superposition(a.tokens // 2 + 16384, 128, 1024, 32, seed=2)
     hd = write_synthetic(work / "h.safetensors", syn)
+    if "hierarchical" in parts:
+        hierarchical(a, work, results, out, hd)
+    if "kron" in parts:
+        kron(a, work, results, hd)
+
+
+def hierarchical(a, work: Path, results: dict, out: Path, hd: Path) -> None:
     ev = CachedActivations(hd, window=(a.tokens // 2, a.tokens // 2 + 16384))
     hier = fit(hd, work, "hier_K64", SAEConfig(arch="hierarchical", d_sae=2048, k=64), a.tokens, a.lr)
     pareto = {"k": [8, 16, 32, 64], "hierarchical": [], "topk": []}
@@ -102,6 +124,8 @@ def main() -> None:
     results["hierarchical_pareto"] = pareto
     plot(pareto, out)
 
+
+def kron(a, work: Path, results: dict, hd: Path) -> None:
     # 4. KronSAE vs TopK at equal L0 (k=16), 4096 latents, d=128
     results["kron_vs_topk"] = {}
     for name, cfg in {
@@ -110,9 +134,6 @@ def main() -> None:
         "kron_m4_n8": SAEConfig(arch="kron", d_sae=4096, k=16, kron_m=4, kron_n=8),
     }.items():
         results["kron_vs_topk"][name] = fit(hd, work, f"kv_{name}", cfg, a.tokens, a.lr).metrics["fvu"]
-
-    (out / "quality.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
 
 
 if __name__ == "__main__":
