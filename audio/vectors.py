@@ -99,7 +99,7 @@ class TTSPolicy:
         return lambda ctx: scope_mask(scope, ctx.modality, ctx.prompt, ctx.times)
 
     def edits(self, vec, scope: str, strength: float = 1.0) -> list[Intervention]:
-        return [Intervention(x, (lambda rows, x=x: vec.add(x, rows, strength)), scope) for x in vec.layers]
+        return interventions_of(vec, scope, strength)
 
     def sample_kwargs(self, cfg) -> dict:
         return {"temperature": cfg.temperature}
@@ -241,10 +241,13 @@ def vector_interventions(bb: TTSBackbone, specs, window=None) -> list[Interventi
         scope = meta.get("scope") or "generated"
         if scope not in SCOPES:
             raise BadInput(f"vectors {path} were trained for scope {scope!r}, which a TTS backbone does not have")
-        vec = vec.to(bb.device)
-        out += [Intervention(x, (lambda r, x=x, v=vec, s=strength: v.add(x, r, s)), scope, window=window)
-                for x in vec.layers]  # fmt: skip
+        out += interventions_of(vec.to(bb.device), scope, strength, window)
     return out
+
+
+def interventions_of(vec, scope: str, strength: float = 1.0, window=None) -> list[Intervention]:
+    """The backbone edits of a set of vectors: h' = h + strength · scale(h) · v_L at the positions of `scope`."""
+    return [Intervention(x, (lambda rows, x=x: vec.add(x, rows, strength)), scope, window=window) for x in vec.layers]
 
 
 # ---- the commands ------------------------------------------------------------------------------------------------
@@ -257,12 +260,10 @@ def _policy(name: str, model_dir: str = "", device: str = "cpu") -> TTSPolicy:
 def run_train(cfg) -> dict:
     """`ttslens vectors train`: on --backbone, or a text LM (`ttslens.sae.vectors.commands.run_train`)."""
     from ttslens.sae.vectors import commands
-    from ttslens.sae.vectors.train import load_prompts
 
     if not cfg.backbone:
         return commands.run_train(cfg)
-    load_prompts(cfg.prompts)  # bad prompts fail before the backbone loads
-    return commands.run_train(cfg, _policy(cfg.backbone, cfg.model_dir, cfg.device))
+    return commands.run_train(cfg, lambda: _policy(cfg.backbone, cfg.model_dir, cfg.device))
 
 
 def _backbone_of(cfg) -> str:

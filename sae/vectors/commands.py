@@ -138,14 +138,12 @@ def text_policy(model: str, device: str = "cpu"):
     return TextPolicy(lm, tok, device)
 
 
-def run_train(cfg: VectorConfig, policy=None, progress: bool = True) -> dict:
-    if policy is None:
-        if not cfg.model:
-            raise BadInput("give the model to steer: --model HUB_ID_OR_DIR (or --backbone NAME for a TTS backbone)")
-        items = load_prompts(cfg.prompts)  # bad prompts fail before the model loads
-        policy = text_policy(cfg.model, cfg.device)
-    else:
-        items = load_prompts(cfg.prompts)
+def run_train(cfg: VectorConfig, make_policy=None, progress: bool = True) -> dict:
+    """`ttslens vectors train` on a text LM, or on the policy `make_policy()` builds (a TTS backbone's)."""
+    if make_policy is None and not cfg.model:
+        raise BadInput("give the model to steer: --model HUB_ID_OR_DIR (or --backbone NAME for a TTS backbone)")
+    items = load_prompts(cfg.prompts)  # bad prompts fail before the model loads
+    policy = make_policy() if make_policy else text_policy(cfg.model, cfg.device)
     return train_vectors(cfg, policy, items, progress)
 
 
