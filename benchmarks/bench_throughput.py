@@ -1,11 +1,14 @@
-"""Benchmark 1: SAE training throughput and quality on identical cached activations.
+"""Benchmark 1: SAE training throughput on identical cached activations.
 
-ttslens BatchTopK vs SAELens BatchTopK vs EleutherAI sparsify TopK, each in its own process, on the
-same file, same batches (file order), same steps and lr; timing runs are interleaved and repeated
-(the machine is noisy), so the ratios are the result. Peers run in benchmarks/.venv-peers
-(`bash benchmarks/peers/setup_peers.sh`).
+ttslens BatchTopK (through `ttslens.sae.training.train` itself) vs SAELens BatchTopK vs EleutherAI sparsify
+TopK, each in its own process, on the same file, batch, steps and lr; runs are interleaved and repeated (the
+machine is noisy), so the ratios within one invocation are the result. Variants: each library at its
+defaults (ttslens: fp32 values, latents chosen on a bf16 product where that is native), ttslens in fp32
+throughout (`--no-bf16-select`), and ttslens and sparsify under bf16 autocast. Also: a ttslens step over one
+dense encoder product (fp32 and bf16), the cost curve tokens/s and peak memory vs F, and a plot.
+Peers run in benchmarks/.venv-peers (`bash benchmarks/peers/setup_peers.sh`).
 
-    .venv/bin/python benchmarks/bench_throughput.py            # d=512, F=8192, k=32, batch 4096
+    .venv/bin/python benchmarks/bench_throughput.py            # d=512, F=8192, k=32, batch 4096 + curve
 """
 
 from __future__ import annotations
@@ -23,35 +26,48 @@ sys.path.insert(0, str(ROOT))
 
 from ttslens.sae.synthetic import make_superposition, write_synthetic  # noqa: E402
 
-RUNNERS = {
-    "ttslens": (ROOT / ".venv/bin/python", "run_ttslens.py"),
-    "saelens": (HERE / ".venv-peers/bin/python", "run_saelens.py"),
-    "sparsify": (HERE / ".venv-peers/bin/python", "run_sparsify.py"),
+PYTHON = {"ttslens": ROOT / ".venv/bin/python", "peers": HERE / ".venv-peers/bin/python"}
+RUNNERS = {"ttslens": "run_ttslens.py", "saelens": "run_saelens.py", "sparsify": "run_sparsify.py"}
+VARIANTS = {  # name: (library, extra flags)
+    "ttslens": ("ttslens", []),
+    "ttslens_fp32": ("ttslens", ["--no-bf16-select"]),
+    "sparsify": ("sparsify", []),
+    "saelens": ("saelens", []),
+    "ttslens_bf16": ("ttslens", ["--bf16"]),
+    "sparsify_bf16": ("sparsify", ["--bf16"]),
 }
 
 
-def run(name: str, data: Path, a, steps: int) -> dict:
-    py, script = RUNNERS[name]
-    cmd = [
-        str(py),
-        script,
-        "--activations",
-        str(data),
-        "--latents",
-        str(a.latents),
-        "--k",
-        str(a.k),
-        "--batch-size",
-        str(a.batch_size),
-        "--steps",
-        str(steps),
-        "--lr",
-        str(a.lr),
-        "--eval-tokens",
-        str(a.eval_tokens),
-    ]
+def run(variant: str, data: Path, a, latents: int, steps: int) -> dict:
+    lib, flags = VARIANTS[variant]
+    py = PYTHON["ttslens" if lib == "ttslens" else "peers"]
+    cmd = [str(py), RUNNERS[lib], "--activations", str(data), "--latents", str(latents), "--k", str(a.k)]
+    cmd += ["--batch-size", str(a.batch_size), "--steps", str(steps), "--lr", str(a.lr)]
+    cmd += ["--eval-tokens", str(a.eval_tokens), *flags]
     out = subprocess.run(cmd, cwd=HERE / "peers", capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1]) | {"variant": variant}
+
+
+def plot(curve: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in curve.items():
+        Fs = [r["latents"] for r in rows]
+        ax.plot(Fs, [r["tokens_per_s"] for r in rows], "o-", label=name)
+        bx.plot(Fs, [r["peak_rss_mb"] / 1024 for r in rows], "o-", label=name)
+    for axis, label in ((ax, "tokens / s"), (bx, "peak resident memory (GB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("latents F (d = 512, k = 32, batch 4096)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -63,51 +79,60 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--timing-steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--quality-steps", type=int, default=150)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
+    p.add_argument("--curve", default="4096,8192,16384,32768,65536", help="latents for the cost curve ('' = none)")
+    p.add_argument("--curve-steps", type=int, default=6)
+    p.add_argument("--curve-variants", default="ttslens,sparsify,saelens")
     p.add_argument("--eval-tokens", type=int, default=16384)
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     a = p.parse_args()
 
     data = Path("/tmp/ttslens_bench_throughput.safetensors")
-    rows = a.quality_steps * a.batch_size + a.eval_tokens
-    syn = make_superposition(rows, a.d, 4 * a.d, a.k, seed=0, noise=0.01)
+    rows = max(a.timing_steps, a.curve_steps) * a.batch_size + a.eval_tokens
+    # data seed != every SAE seed: an SAE seeded like the data would start at the true dictionary
+    syn = make_superposition(rows, a.d, 4 * a.d, a.k, seed=1234, noise=0.01)
     write_synthetic(data, syn)
 
-    timing = {n: [] for n in RUNNERS}
+    variants = a.variants.split(",")
+    runs = {n: [] for n in variants}
     for _ in range(a.repeats):  # interleaved
-        for n in RUNNERS:
-            timing[n].append(run(n, data, a, a.timing_steps)["tokens_per_s"])
-            print(n, f"{timing[n][-1]:.0f} tok/s", flush=True)
-    quality = {n: run(n, data, a, a.quality_steps) for n in RUNNERS}
-    for n, q in quality.items():
-        print(n, "quality run:", {k: q.get(k) for k in ("fvu", "fvu_batchtopk", "l0", "tokens_per_s")}, flush=True)
+        for n in variants:
+            runs[n].append(run(n, data, a, a.latents, a.timing_steps))
+            print(n, f"{runs[n][-1]['tokens_per_s']:.0f} tok/s", flush=True)
+    tps = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
+    ratio = {}
+    for ours, theirs in (("ttslens", "sparsify"), ("ttslens_fp32", "sparsify"), ("ttslens_bf16", "sparsify_bf16")):
+        if ours in tps and theirs in tps:
+            ratio[f"{ours}/{theirs}"] = tps[ours] / tps[theirs]
+    if "ttslens" in tps and "saelens" in tps:
+        ratio["ttslens/saelens"] = tps["ttslens"] / tps["saelens"]
+    floors = {
+        n: {prec: statistics.median(r["step_over_encoder_product"][prec] for r in v) for prec in ("fp32", "bf16")}
+        for n, v in runs.items()
+        if VARIANTS[n][0] == "ttslens"
+    }
 
-    tps = {n: statistics.median(v) for n, v in timing.items()}
-    peer_fvus = [
-        min(v for v in (quality[n]["fvu"], quality[n].get("fvu_batchtopk")) if v is not None)
-        for n in ("saelens", "sparsify")
-    ]
+    curve = {}
+    for F in [int(f) for f in a.curve.split(",") if f]:
+        for n in a.curve_variants.split(","):
+            curve.setdefault(n, []).append(run(n, data, a, F, a.curve_steps))
+            r = curve[n][-1]
+            print(f"curve F={F} {n}: {r['tokens_per_s']:.0f} tok/s, peak {r['peak_rss_mb']:.0f} MB", flush=True)
+
     result = {
         "config": vars(a),
         "tokens_per_s": tps,
-        "tokens_per_s_runs": timing,
-        "speedup_vs_saelens": tps["ttslens"] / tps["saelens"],
-        "speedup_vs_sparsify": tps["ttslens"] / tps["sparsify"],
-        "fvu": {n: quality[n]["fvu"] for n in RUNNERS},
-        "fvu_minus_best_peer": quality["ttslens"]["fvu"] - min(peer_fvus),
-        "quality_runs": quality,
+        "ratios": ratio,
+        "step_over_encoder_product": floors,
+        "runs": runs,
+        "curve": curve,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in ("tokens_per_s", "speedup_vs_saelens", "speedup_vs_sparsify", "fvu", "fvu_minus_best_peer")
-            },
-            indent=2,
-        )
-    )
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if curve:
+        plot(curve, out.with_name(out.stem + "_curve.png"))
+    print(json.dumps({k: result[k] for k in ("tokens_per_s", "ratios", "step_over_encoder_product")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ A top-k SAE touches only k of F latents per token, yet a naive implementation pa
   costs O(B * k * d) (a CSR product and an embedding-bag) instead of O(B * F * d);
 - the decoder is an embedding-bag over the k active rows (`sparse_decode`), never a [B, F] tensor.
 
+Under `bf16_selection()` (training, where bf16 products are native) the dense product runs in bf16 and
+only *chooses* the latents; the chosen pre-activations are recomputed exactly in fp32 (O(B k d)), so the
+values, the loss and the gradients are fp32 and only near-ties at the cut may be chosen differently.
+
 `TTSLENS_PLAIN_TORCH=1` switches to plain autograd on dense tensors (the reference path, used by
 the tests to check the fast path).
 """
@@ -15,7 +19,9 @@ the tests to check the fast path).
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +31,35 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 
 def plain_torch() -> bool:
     return os.environ.get("TTSLENS_PLAIN_TORCH", "0") == "1"
+
+
+_MODE = threading.local()
+
+
+@contextmanager
+def bf16_selection(enabled: bool = True):
+    """Inside: `dense_preacts` returns bf16 pre-activations (for choosing latents) and `gather_preacts`
+    recomputes the chosen ones exactly in fp32."""
+    old = getattr(_MODE, "bf16", False)
+    _MODE.bf16 = enabled and not plain_torch()
+    try:
+        yield
+    finally:
+        _MODE.bf16 = old
+
+
+def _bf16() -> bool:
+    return getattr(_MODE, "bf16", False)
+
+
+def exact_preacts(x_BD, W_FD, b_F, rows_N: torch.Tensor, cols_N: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """fp32 pre-activations x[rows] . W[cols] + b[cols] of the flat entries (no graph), in chunks."""
+    out = torch.empty(len(rows_N), dtype=x_BD.dtype, device=x_BD.device)
+    with torch.no_grad():
+        for i in range(0, len(rows_N), chunk):
+            r, c = rows_N[i : i + chunk], cols_N[i : i + chunk]
+            out[i : i + chunk] = torch.einsum("nd,nd->n", x_BD[r], W_FD[c]) + b_F[c]
+    return out
 
 
 def bag_offsets(rows_N: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -68,6 +103,8 @@ def dense_preacts(x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor) -> 
     if plain_torch():
         return F.linear(x_BD, W_FD, b_F)
     with torch.no_grad():
+        if _bf16():
+            return F.linear(x_BD.bfloat16(), W_FD.bfloat16(), b_F.bfloat16())
         return F.linear(x_BD, W_FD, b_F)
 
 
@@ -82,7 +119,11 @@ def gather_preacts(
     """Pre-activations at idx, differentiable w.r.t. x, W and b at sparse cost.
 
     idx is [B, K] (K latents per token) or flat [N] with `rows_N` (sorted token index per entry)."""
-    if idx.dim() == 2:
+    if _bf16() and pre_BF.dtype == torch.bfloat16:  # chosen on bf16 values: recompute them exactly
+        if idx.dim() == 2:
+            rows_N = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
+        vals = exact_preacts(x_BD, W_FD, b_F, rows_N, idx.reshape(-1)).view(idx.shape)
+    elif idx.dim() == 2:
         vals = pre_BF.gather(1, idx).to(x_BD.dtype)  # bf16 autocast: keep the rest in fp32
     else:
         vals = pre_BF[rows_N, idx].to(x_BD.dtype)

@@ -32,6 +32,12 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=3, help="leading steps excluded from timing")
     p.add_argument("--eval-tokens", type=int, default=16384)
+    p.add_argument("--bf16", action="store_true", help="the training step under torch.autocast(bfloat16)")
+    p.add_argument("--no-bf16-select", action="store_true", help="ttslens only: fp32 latent selection")
+    p.add_argument("--arch", default="", help="ttslens only: the architecture (default batchtopk)")
+    p.add_argument(
+        "--defaults", action="store_true", help="the library's own documented optimiser, lr and schedule (not --lr)"
+    )
     args = p.parse_args()
     if args.warmup_steps >= args.steps:
         p.error("--warmup-steps must be < --steps")
@@ -72,6 +78,31 @@ def evaluate(reconstruct: ReconstructFn, x: torch.Tensor, chunk: int) -> tuple[f
     return sse / total_var, active / x.shape[0]
 
 
+def mmcs(path: str, W_dec_FD: torch.Tensor) -> float | None:
+    """Mean over the file's true features (its `dictionary`, when it has one) of the best cosine with a learned
+    decoder row; None for data without a known dictionary."""
+    tensors = load_file(path)
+    if "dictionary" not in tensors:
+        return None
+    a = W_dec_FD.detach().float()
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = tensors["dictionary"].float()
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (b @ a.T).max(1).values.mean().item()
+
+
+def autocast(args: argparse.Namespace):
+    """bf16 autocast around a step when --bf16 is given (CPU)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB): data, model, optimiser and the step's buffers."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_timed(step: Callable[[torch.Tensor], None], batches: Iterator[torch.Tensor], steps: int) -> list[float]:
     """Run `steps` training steps; return each step's wall time (batch fetch excluded)."""
     times = []
@@ -96,6 +127,8 @@ def emit(args: argparse.Namespace, step_times: list[float], **fields: Any) -> No
         "batch_size": args.batch_size,
         "latents": args.latents,
         "k": args.k,
+        "bf16_autocast": args.bf16,
+        "peak_rss_mb": peak_rss_mb(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

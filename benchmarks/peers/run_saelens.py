@@ -19,7 +19,7 @@ import tempfile
 
 import sae_lens
 import torch
-from peer_common import ReconstructFn, emit, evaluate, load_split, parse_args, run_timed, train_batches
+from peer_common import ReconstructFn, autocast, emit, evaluate, load_split, mmcs, parse_args, run_timed, train_batches
 from sae_lens import SAE, BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, SAETrainer
 from sae_lens.config import SAETrainerConfig
 
@@ -47,11 +47,12 @@ def main() -> None:
     cfg = BatchTopKTrainingSAEConfig(d_in=train.shape[1], d_sae=args.latents, k=args.k)
     sae = BatchTopKTrainingSAE(cfg)
     batches = train_batches(train, args.batch_size)
+    lr = 3e-4 if args.defaults else args.lr  # --defaults: SAELens's documented lr (constant schedule, Adam)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=args.steps * args.batch_size,
         train_batch_size_samples=args.batch_size,
-        lr=args.lr,
-        lr_end=args.lr,  # only read by decaying schedulers; the default scheduler is "constant"
+        lr=lr,
+        lr_end=lr,  # only read by decaying schedulers; the default scheduler is "constant"
         device="cpu",
     )
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
@@ -59,7 +60,8 @@ def main() -> None:
     fvu_init, l0_init = evaluate(reconstructor(inference_sae(sae)), held_out, args.batch_size)
 
     def step(batch: torch.Tensor) -> None:
-        trainer.step(batch)
+        with autocast(args):
+            trainer.step(batch)
         trainer.n_training_steps += 1  # fit() advances this after step()
 
     step_times = run_timed(step, batches, args.steps)
@@ -81,6 +83,8 @@ def main() -> None:
         fvu_batchtopk=fvu_btk,
         l0_batchtopk=l0_btk,
         topk_threshold=float(sae.topk_threshold),
+        mmcs=mmcs(args.activations, sae.W_dec),
+        lr=lr,
     )
 
 

@@ -7,8 +7,10 @@ first step only, b_dec <- batch mean; `set_decoder_norm_to_unit_norm()`; `Sparse
 TrainConfig defaults); backward on fvu + auxk_alpha * auxk + multi_topk_fvu / 8;
 `remove_gradient_parallel_to_decoder_directions()`; optimizer step + zero_grad; dead-latent counters.
 Optimizer: torch Adam at --lr with a constant LR (sparsify's own "adam" path uses this Adam when
-bitsandbytes is absent, but with a 1000-step linear warm-up/decay schedule, which is not applied here;
-its default optimizer is signum). Evaluation uses `encode` + `decode`, which is also its inference path.
+bitsandbytes is absent, but with a 1000-step linear warm-up/decay schedule, which is not applied here).
+With --defaults: its default optimiser as its trainer builds it, ScheduleFree(SignSGD, momentum 0.95) at
+lr 5e-3 / sqrt(latents / 2^14), switched to its averaged weights (`eval()`) before evaluating, as its
+checkpointing does. Evaluation uses `encode` + `decode`, which is also its inference path.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import sys
 
 import torch
-from peer_common import ReconstructFn, emit, evaluate, load_split, parse_args, run_timed, train_batches
+from peer_common import ReconstructFn, autocast, emit, evaluate, load_split, mmcs, parse_args, run_timed, train_batches
 
 with contextlib.redirect_stdout(sys.stderr):  # sparsify prints its decoder choice at import
     import sparsify
@@ -39,7 +41,15 @@ def main() -> None:
 
     cfg = TrainConfig(SaeConfig(num_latents=args.latents, k=args.k), optimizer="adam", lr=args.lr)
     sae = SparseCoder(train.shape[1], cfg.sae, device="cpu", dtype=torch.float32)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=args.lr)
+    if args.defaults:
+        from schedulefree import ScheduleFreeWrapper
+        from sparsify.sign_sgd import SignSGD
+
+        lr = 5e-3 / (sae.num_latents / 2**14) ** 0.5
+        optimizer = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": lr}]), momentum=0.95)
+        optimizer.train()
+    else:
+        lr, optimizer = args.lr, torch.optim.Adam(sae.parameters(), lr=args.lr)
     tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
     did_fire = torch.zeros(sae.num_latents, dtype=torch.bool)
     first = True
@@ -51,9 +61,11 @@ def main() -> None:
             first = False
         sae.set_decoder_norm_to_unit_norm()
         dead_mask = tokens_since_fired > cfg.dead_feature_threshold if cfg.auxk_alpha > 0 else None
-        out = sae(batch, dead_mask=dead_mask)
+        with autocast(args):
+            out = sae(batch, dead_mask=dead_mask)
+            loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         did_fire[out.latent_indices.flatten()] = True
-        (out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8).backward()
+        loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         optimizer.step()
         optimizer.zero_grad()
@@ -69,6 +81,8 @@ def main() -> None:
     fvu_init, l0_init = evaluate(reconstructor(sae), held_out, args.batch_size)
 
     step_times = run_timed(step, batches, args.steps)
+    if args.defaults:
+        optimizer.eval()  # the averaged weights, as sparsify saves them
 
     fvu, l0 = evaluate(reconstructor(sae), held_out, args.batch_size)
     emit(
@@ -81,8 +95,10 @@ def main() -> None:
         l0=l0,
         fvu_init=fvu_init,
         l0_init=l0_init,
+        mmcs=mmcs(args.activations, sae.W_dec),
         eval_mode="inference",
-        optimizer="adam_constant_lr",
+        optimizer="schedulefree_signum" if args.defaults else "adam_constant_lr",
+        lr=lr,
         auxk_alpha=cfg.auxk_alpha,
     )
 

@@ -1,24 +1,28 @@
-"""ttslens's SAE training step under the same protocol as the peer runners (main venv).
-
-The step is the one `sae.training.trainer` runs: activations scaled so E||x|| = sqrt(d) (estimated
-on the first batches), the trainer's `init_from_batch` on the first batch, forward with AuxK once
-latents die, decoder-parallel gradient removed, grad clip 1.0, Adam at a constant --lr, decoder rows
-renormalised. Batches come in file order (no shuffle), like the peers. Evaluation uses the inference
-encoder (a single JumpReLU threshold for batchtopk) with the scale folded into the weights.
+"""ttslens's SAE training under the same protocol as the peer runners (main venv), through
+`ttslens.sae.training.train` itself: the trainer reads the activation file (its tail held out), logs every
+step, and the step times are read back from its own log (`train_log.jsonl`: the wall time between two
+steps, batch fetch included). Same steps, batch, latents, k and lr as the peers; `--bf16` runs the
+trainer's bf16 autocast (`--no-bf16-select`: fp32 selection). Also timed in this process: the floor every
+top-k SAE pays, one dense encoder product [B, d] x [d, F] (+ bias), in fp32 and in bf16.
+Evaluation uses the saved SAE's inference encoder (a single JumpReLU threshold for batchtopk).
 """
 
 from __future__ import annotations
 
-import math
+import json
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
-from peer_common import ReconstructFn, emit, evaluate, load_split, parse_args, run_timed, train_batches
+from peer_common import ReconstructFn, emit, evaluate, load_split, mmcs, parse_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from ttslens.sae.base import SAEConfig, make_sae  # noqa: E402
-from ttslens.sae.training.trainer import init_from_batch  # noqa: E402
+from ttslens.sae.base import SAEConfig  # noqa: E402
+from ttslens.sae.devices import bf16_native  # noqa: E402
+from ttslens.sae.training import TrainConfig, train  # noqa: E402
 
 
 def reconstructor(sae) -> ReconstructFn:
@@ -29,40 +33,45 @@ def reconstructor(sae) -> ReconstructFn:
     return run
 
 
+def encoder_floor(d: int, latents: int, batch: int, bf16: bool, repeats: int = 10) -> float:
+    """Median seconds of one dense encoder product F.linear(x [B, d], W [F, d], b [F])."""
+    x, w, b = torch.randn(batch, d), torch.randn(latents, d) / d**0.5, torch.zeros(latents)
+    times = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(repeats + 2):
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(x, w, b)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
-    arch = "batchtopk"
-    train, held_out = load_split(args.activations, args.eval_tokens)
-    d = train.shape[1]
-    scale = math.sqrt(d) / train[: 4 * args.batch_size].norm(dim=1).mean().item()
-    sae = make_sae(SAEConfig(arch=arch, d_in=d, d_sae=args.latents, k=args.k))
-    init_from_batch(sae, train[: args.batch_size] * scale, args.seed)
-    opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
-    since_fired = torch.zeros(args.latents, dtype=torch.long)
-    dead_after = 10_000_000
-
-    def step(batch: torch.Tensor) -> None:
-        out = sae(batch * scale, dead_F=since_fired >= dead_after)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.remove_parallel_grads()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        opt.step()
-        sae.normalize_decoder()
-        since_fired.add_(batch.shape[0])
-        since_fired[out.idx[out.vals.detach() > 0]] = 0
-
-    def eval_now() -> tuple[float, float]:
-        folded = make_sae(sae.cfg)
-        folded.load_state_dict(sae.state_dict())
-        folded.fold_scale(scale)
-        return evaluate(reconstructor(folded.eval()), held_out, args.batch_size)
-
-    fvu_init, l0_init = eval_now()
-    step_times = run_timed(step, train_batches(train, args.batch_size), args.steps)
-    fvu, l0 = eval_now()
+    bf16, select, arch = args.bf16, not args.no_bf16_select, args.arch or "batchtopk"
+    _, held_out = load_split(args.activations, args.eval_tokens)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            sae=SAEConfig(arch=arch, d_sae=args.latents, k=args.k),
+            activations=args.activations,
+            tokens=args.steps * args.batch_size,
+            batch_size=args.batch_size,
+            lr=0.0 if args.defaults else args.lr,
+            seed=args.seed,
+            eval_tokens=args.eval_tokens,
+            calibration_tokens=min(65536, 4 * args.batch_size),
+            bf16=bf16,
+            bf16_select=select,
+            log_every=1,
+            out=str(Path(tmp) / "sae"),
+        )
+        result = train(cfg, progress=False)
+        rows = [json.loads(line) for line in (Path(tmp) / "sae" / "train_log.jsonl").read_text().splitlines()]
+    step_times = [args.batch_size / r["tokens_per_s"] for r in rows]
+    floors = {p: encoder_floor(held_out.shape[1], args.latents, args.batch_size, p == "bf16") for p in ("fp32", "bf16")}
+    fvu, l0 = evaluate(reconstructor(result.sae), held_out, args.batch_size)
     import ttslens.sae as pkg
 
+    timed = statistics.median(step_times[args.warmup_steps :])
     emit(
         args,
         step_times,
@@ -71,8 +80,13 @@ def main() -> None:
         arch=arch,
         fvu=fvu,
         l0=l0,
-        fvu_init=fvu_init,
-        l0_init=l0_init,
+        mmcs=mmcs(args.activations, result.sae.W_dec),
+        dead_pct=rows[-1]["dead_pct"],
+        bf16=bf16,
+        bf16_select=select and bf16_native("cpu") and not bf16,
+        encoder_product_s=floors,
+        step_over_encoder_product={p: timed / f for p, f in floors.items()},
+        trainer_lr=cfg.lr_eff,
     )
 
 

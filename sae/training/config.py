@@ -68,6 +68,10 @@ class TrainConfig:
     mean L0 is k; 0 = keep the running average of the batches' cuts (which lags behind on short runs)."""
     bf16: bool = False
     """Run the encoder under bfloat16 autocast."""
+    bf16_select: bool = True
+    """Where bf16 products are native (AMX / avx512_bf16 CPUs, bf16 GPUs): choose the top-k latents on a bf16
+    encoder product and recompute the chosen pre-activations exactly in fp32, so the step pays the dense product
+    at bf16 speed while values, loss and gradients stay fp32. Off, or elsewhere: fp32 throughout."""
     device: str = "cpu"
     """Torch device (under torchrun, cuda uses the local rank)."""
     model_dtype: str = "float32"
@@ -118,7 +122,10 @@ class TrainConfig:
         return 1.0
 
     # fields that may change between a run and its --resume (out: a run directory moved elsewhere resumes)
-    RUNTIME = ("resume", "overwrite", "log_every", "device", "checkpoint_every", "model_batch", "calibration_tokens")
+    RUNTIME = (
+        "resume", "overwrite", "log_every", "device", "checkpoint_every", "model_batch", "calibration_tokens",
+        "bf16_select",
+    )  # fmt: skip
     RUNTIME += ("out",)
 
     def identity(self) -> dict:

@@ -28,10 +28,12 @@ from ttslens.sae.activations import (
 )
 from ttslens.sae.base import SAE, ForwardOutput, global_batch, make_sae
 from ttslens.sae.commands import l0_vs_k
+from ttslens.sae.devices import bf16_native, fused_ok
 from ttslens.sae.errors import BadInput
 from ttslens.sae.files import atomic_write_json, save_sae
 from ttslens.sae.hooks import hook_name
 from ttslens.sae.metrics import evaluate
+from ttslens.sae.sparse_ops import bf16_selection
 from ttslens.sae.training import checkpoint
 from ttslens.sae.training.config import TrainConfig
 from ttslens.sae.training.dist import (
@@ -176,7 +178,8 @@ def train_step(
     for g in opt.param_groups:
         g["lr"] = lr
     autocast = torch.autocast(x_BD.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
-    with global_batch(data_parallel), autocast:
+    select = bf16_selection(cfg.bf16_select and not cfg.bf16 and bf16_native(x_BD.device))
+    with global_batch(data_parallel), autocast, select:
         res = model(x_BD, dead_F=dead_F, target_BD=target_BD)
     opt.zero_grad(set_to_none=True)
     res.loss.backward()
@@ -226,7 +229,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True, boost_base: SAE 
         scale, step, since_fired = state["scale"], state["step"], state["since_fired"]
         stream_state = StreamState(*state["stream"][dist.rank])
     sae.to(dist.device).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_eff, betas=(0.9, 0.999))
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_eff, betas=(0.9, 0.999), fused=fused_ok(dist.device))
     if boost_base is not None:
         boost_base = boost_base.to(dist.device).eval().requires_grad_(False)
     if state is not None:

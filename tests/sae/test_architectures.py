@@ -41,6 +41,47 @@ def test_fast_path_matches_plain_torch(arch, monkeypatch):
         torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_bf16_selection_recomputes_the_chosen_values_in_fp32():
+    """Under bf16_selection the dense product is bf16 (it only chooses); the chosen values and their gradients
+    are exactly those of the fp32 path at the same indices."""
+    from ttslens.sae.sparse_ops import bf16_selection, dense_preacts, gather_preacts
+
+    torch.manual_seed(0)
+    x, W, b = torch.randn(96, 64), torch.randn(256, 64) / 8, torch.randn(256) / 10
+    idx = torch.randint(0, 256, (96, 8))
+
+    def run(select):
+        xs, Ws, bs = (t.clone().requires_grad_() for t in (x, W, b))
+        with bf16_selection(select):
+            pre = dense_preacts(xs, Ws, bs)
+            vals = gather_preacts(xs, Ws, bs, pre, idx)
+        vals.pow(2).sum().backward()
+        return pre, vals.detach(), [t.grad for t in (xs, Ws, bs)]
+
+    pre16, v16, g16 = run(True)
+    pre32, v32, g32 = run(False)
+    assert pre16.dtype == torch.bfloat16 and pre32.dtype == torch.float32
+    torch.testing.assert_close(v16, v32, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(v16, pre16.float().gather(1, idx))  # not the bf16-rounded values
+    for a, c in zip(g16, g32, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_bf16_selection_changes_the_step_only_at_near_ties(arch, monkeypatch):
+    """A whole step under bf16_selection: the loss is the fp32 step's up to choices at near-ties (well under 1%)."""
+    from ttslens.sae.sparse_ops import bf16_selection
+
+    model = _make(arch, d=64, F=256, k=8)
+    x = torch.randn(128, 64)
+    dead = torch.zeros(256, dtype=torch.bool)
+    dead[::3] = True
+    loss32, _ = _grads(model, x, dead, False, monkeypatch)
+    with bf16_selection():
+        loss16, _ = _grads(model, x, dead, False, monkeypatch)
+    assert abs(float(loss16) / float(loss32) - 1) < 5e-3
+
+
 def test_topk_matches_naive():
     model = _make("topk")
     x = torch.randn(20, 12)
