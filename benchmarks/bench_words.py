@@ -50,23 +50,39 @@ NATURAL = [
     "do you know where my keys are?",
     "the museum opens at ten in the morning.",
 ]
+DEV = [  # for choosing sampler settings only (`exp` runs); never reported as the benchmark's WER
+    "the bus was late again this morning.",
+    "please bring two chairs from the hall.",
+    "the dog sleeps under the kitchen table.",
+    "we watched a film about the ocean.",
+    "my brother works at the bakery downtown.",
+    "the lamp in the corner is broken.",
+    "she reads the news before breakfast.",
+    "put the books back on the shelf.",
+    "the snow melted quickly in the sun.",
+    "a small boat crossed the quiet lake.",
+]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=12)
-    ap.add_argument("--sentences", choices=("corpus", "natural"), default="corpus")
+    ap.add_argument("--sentences", choices=("corpus", "natural", "dev"), default="corpus")
     ap.add_argument("--voices", type=int, default=4)
     ap.add_argument("--rate", type=int, default=170, help="espeak-ng words per minute for the raw speech")
     ap.add_argument("--backbone", default="demo", help="backbone name or assets directory")
-    ap.add_argument("--out", default="", help="default: results/words.json (corpus) or results/words_natural.json")
+    ap.add_argument("--temperature", type=float, default=None, help="sampler (default: the backbone's own)")
+    ap.add_argument("--top-k", type=int, default=None, help="sampler (default: the backbone's own)")
+    ap.add_argument("--out", default="", help="default: results/words.json, words_natural.json or words_dev.json")
     args = ap.parse_args()
-    args.out = args.out or str(RESULTS / ("words.json" if args.sentences == "corpus" else "words_natural.json"))
+    name = {"corpus": "words", "natural": "words_natural", "dev": "words_dev"}[args.sentences]
+    args.out = args.out or str(RESULTS / f"{name}.json")
+    sampler = {"temperature": args.temperature, "top_k": args.top_k}
     bb = load_backbone(args.backbone)
     prompts = bb.voices()
     asr = ASR.require("tiny.en")
-    if args.sentences == "natural":
-        pool = NATURAL
+    if args.sentences in ("natural", "dev"):
+        pool = NATURAL if args.sentences == "natural" else DEV
     else:
         items = bb.default_corpus().items("heldout")
         pool = [it.text for it in items if "[" not in it.text and 20 <= len(it.text) <= 90]
@@ -80,8 +96,8 @@ def main() -> None:
             raw = speak(text, voice, args.rate, bb.sample_rate)
             round_trip = bb.decode(bb.encode_audio(raw, bb.sample_rate))
             seed = 1000 * ti + vi
-            voiced = bb.decode(bb.generate(text, prompt=prompts[voice.name].as_prompt(), seed=seed).tokens)
-            gen = bb.decode(bb.generate(text, seed=seed).tokens)
+            voiced = bb.decode(bb.generate(text, prompt=prompts[voice.name].as_prompt(), seed=seed, **sampler).tokens)
+            gen = bb.decode(bb.generate(text, seed=seed, **sampler).tokens)
             row = {"text": text, "voice": voice.name, "seed": seed}
             for name, wave in (("raw", raw), ("codec", round_trip), ("generated", voiced), ("no_prompt", gen)):
                 hyp = asr.text(wave, bb.sample_rate)
@@ -99,6 +115,7 @@ def main() -> None:
         "asr": f"faster-whisper {asr.name}",
         "backbone": bb.info.get("command", args.backbone) if hasattr(bb, "info") else args.backbone,
         "sentences": args.sentences,
+        "sampler": {k: v if v is not None else bb.sampling[k] for k, v in sampler.items()},
         "texts": len(texts),
         "voices": [v.name for v in voices],
         "mean_wer": means,

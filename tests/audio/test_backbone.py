@@ -266,3 +266,42 @@ def test_a_text_audio_dataset_is_teacher_forced_through_encode_audio(small, tmp_
     assert blk.acts.shape[1] == small.d_model and (blk.meta["modality"] == SPEECH).any()
     with pytest.raises(BadInput, match="no column 'speech'"):
         load_corpus(str(tmp_path / "pairs.jsonl"), backbone=small, audio_column="speech")
+
+
+def test_the_shipped_corpus_is_every_heldout_utterance_then_the_first_training_ones():
+    from ttslens.audio.backbones.demo.build import shipped_utterances as shipped
+
+    assert shipped(10, 8, 5) == [0, 1, 2, 8, 9]
+    assert shipped(10, 8, 100) == list(range(10))
+    assert shipped(10, 8, 1) == [8, 9]  # the held-out ones are always shipped
+
+
+def test_bf16_training_keeps_fp32_weights_and_the_attention_setting(small):
+    from ttslens.audio.backbones.demo.build import SMALL_LM, _example
+    from ttslens.audio.backbones.demo.lm import DepthHead, build_lm, train_lm
+    from ttslens.audio.backbones.demo.tokenizer import PHONE_COLUMNS
+    from ttslens.sae.devices import bf16_native
+
+    assert not bf16_native("meta")
+    tok = small.tok
+    items = small.default_corpus().items("train")[:6]
+    examples = [_example(tok, it.instruct, [it.text], [it.tokens]) for it in items]
+    cfg = SMALL_LM.__class__(**{**SMALL_LM.__dict__, "steps": 4, "bf16": True})
+    model = build_lm(tok.vocab_size, cfg, tok.pad)
+    depth = DepthHead(cfg.d_model, tok.n_codebooks, tok.codebook_size, first=PHONE_COLUMNS)
+    before = model.config._attn_implementation
+    history = train_lm(
+        model, depth, examples, cfg, tok.speech_offset, tok.pad, (tok.stay, tok.next, tok.eos), progress=False
+    )
+    assert history and all(np.isfinite(h.loss) for h in history)
+    assert model.config._attn_implementation == before
+    assert all(p.dtype == torch.float32 for p in [*model.parameters(), *depth.parameters()])
+
+
+def test_corpus_encoding_over_a_pool_equals_the_serial_one(small_assets, small):
+    from ttslens.audio.backbones.demo.build import encode_files
+
+    paths = sorted(str(p) for p in (small_assets.parent / "corpus" / "wav").glob("*.wav"))[:12]
+    pooled = encode_files(small.codec, paths, progress=False, workers=2)
+    serial = encode_files(small.codec, paths, progress=False, workers=1)
+    assert len(pooled) == 12 and all(np.array_equal(a, b) for a, b in zip(pooled, serial, strict=True))

@@ -119,6 +119,14 @@ def test_build_corpus_resume_and_load(tmp_path):
     with pytest.raises(ValueError, match="another out_dir"):
         build_corpus(out, 6, seed=2, progress=False)
 
+    # interrupted: no truth.jsonl yet, the journal holds 3 finished utterances and a torn line
+    (out / "truth.jsonl").unlink()
+    (out / "truth.partial.jsonl").write_text("".join(u.to_json() + "\n" for u in utts[:3]) + utts[3].to_json()[:40])
+    kept = {f"{u.id}.wav": (out / "wav" / f"{u.id}.wav").stat().st_mtime_ns for u in utts[:3]}
+    resumed = build_corpus(out, 6, seed=1, progress=False, p_tagged=0.6, p_instruct=0.5)
+    assert resumed == utts and not (out / "truth.partial.jsonl").exists()
+    assert {n: (out / "wav" / n).stat().st_mtime_ns for n in kept} == kept  # not rendered again
+
 
 def test_instruct_round_trip():
     assert instruct_text(None, None) is None and parse_instruct(None) == (None, None)

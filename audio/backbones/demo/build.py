@@ -53,10 +53,13 @@ class DemoBuildConfig:
     """Build cache (corpus audio, codec, tokens, LM); re-running the same command resumes from it."""
     small: bool = False
     """A few-minute build for CI and smoke tests: a handful of utterances, a tiny codec and LM."""
-    utterances: int = 6000
+    utterances: int = 24000
     """Corpus size (utterances), held-out ones included."""
     heldout: int = 300
     """Utterances kept out of codec, detector and LM training (for evaluation)."""
+    ship: int = 3000
+    """Corpus utterances shipped with the assets (every held-out one, then the first training ones): the
+    speech tokens that harvesting, labelling and the named voices read. The LM trains on the whole corpus."""
     seed: int = 0
     """Seed for the corpus, the codec, the detector and the LM."""
     lm: DemoLMConfig = field(default_factory=DemoLMConfig)
@@ -223,9 +226,8 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
         flat = load_file(str(tok_path))
         tokens = list(torch.split(flat["tokens"].long(), flat["lengths"].tolist()))
     else:
-        from tqdm.auto import tqdm
-
-        tokens = [torch.from_numpy(codec.encode(wave(u))) for u in tqdm(utts, desc="encode", disable=not progress)]
+        paths = [str(work / "corpus" / "wav" / f"{u.id}.wav") for u in utts]
+        tokens = [torch.from_numpy(t) for t in encode_files(codec, paths, progress)]
         with atomic_path(tok_path) as tmp:
             save_file(_flat(tokens), str(tmp))
     metrics["codec"] = {
@@ -353,9 +355,11 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     codec.save(tmp)
     detector.save(tmp)
     gender.save(tmp)
-    save_file(_packed(tokens, tok.codebook_size), str(tmp / "corpus.safetensors"))
+    shipped_ids = shipped_utterances(len(utts), n_train, cfg.ship)
+    save_file(_packed([tokens[i] for i in shipped_ids], tok.codebook_size), str(tmp / "corpus.safetensors"))
     with open(tmp / "corpus.jsonl", "w") as f:
-        for i, u in enumerate(utts):
+        for i in shipped_ids:
+            u = utts[i]
             rec = json.loads(u.to_json()) | {"split": "train" if i < n_train else "heldout"}
             del rec["phones"]  # the frames carry them (phoneme columns)
             f.write(json.dumps(rec) + "\n")
@@ -371,6 +375,42 @@ def build(cfg: DemoBuildConfig, progress: bool = True) -> dict:
     if progress:
         print(f"[demo build] wrote {out} in {metrics['build_seconds']:.0f} s", file=sys.stderr)
     return {"out": str(out), **metrics}
+
+
+def _encode_file(job) -> np.ndarray:
+    import soundfile as sf
+
+    codec, path = job
+    return codec.encode(sf.read(path, dtype="float32")[0])
+
+
+def encode_files(codec, paths: list[str], progress: bool = True, workers: int = 2) -> list[np.ndarray]:
+    """The codec's tokens of each WAV file, in order, over a pool of `workers` processes."""
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    jobs = [(codec, p) for p in paths]
+    bar = tqdm(total=len(paths), desc="encode", unit="utt", disable=not progress)
+    if workers <= 1 or len(paths) < 8:
+        out = []
+        for job in jobs:
+            out.append(_encode_file(job))
+            bar.update()
+        bar.close()
+        return out
+    with multiprocessing.get_context().Pool(workers) as pool:
+        out = []
+        for t in pool.imap(_encode_file, jobs, chunksize=16):
+            out.append(t)
+            bar.update()
+    bar.close()
+    return out
+
+
+def shipped_utterances(n: int, n_train: int, ship: int) -> list[int]:
+    """Indices of the shipped corpus utterances: the first training ones, then every held-out one."""
+    return [*range(min(max(ship - (n - n_train), 0), n_train)), *range(n_train, n)]
 
 
 def _packed(tokens: list[torch.Tensor], codebook_size: int) -> dict[str, torch.Tensor]:

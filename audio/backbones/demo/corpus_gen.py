@@ -40,7 +40,7 @@ PEAK_LIMIT = 0.98
 PAUSE_S = (0.05, 0.15)
 PAUSE, LAUGH = "_", "LAUGH"  # phoneme-track names of silence (espeak-ng's short pause) and of a tagged laugh
 TRUTH, SETTINGS, WAV_DIR = "truth.jsonl", "corpus.json", "wav"
-FLUSH_EVERY = 100  # rewrite truth.jsonl after this many new utterances, so an interrupted build resumes
+JOURNAL = "truth.partial.jsonl"  # each finished utterance appended as it comes, so an interrupted build resumes
 
 
 # ---------------------------------------------------------------------------------------- instructs
@@ -305,6 +305,7 @@ def build_corpus(
     settings = CorpusSettings(seed, p_tagged, p_spontaneous, p_instruct, sample_rate)
     _check_settings(out, settings)
     done = {u.id: u for u in load_corpus(out)} if (out / TRUTH).exists() else {}
+    done |= {u.id: u for u in _journal(out / JOURNAL)}
     have = {
         i: done[utterance_id(i)]
         for i in range(n)
@@ -315,11 +316,12 @@ def build_corpus(
     pool = multiprocessing.get_context().Pool(workers) if workers > 1 and len(jobs) >= 32 else None
     try:
         results = pool.imap_unordered(_build_job, jobs, chunksize=4) if pool else map(_build_job, jobs)
-        for k, utt in enumerate(results, 1):
-            have[utt.index] = utt
-            bar.update()
-            if k % FLUSH_EVERY == 0:
-                _write_truth(out, list(have.values()))
+        with open(out / JOURNAL, "a") as journal:
+            for utt in results:
+                have[utt.index] = utt
+                journal.write(utt.to_json() + "\n")
+                journal.flush()
+                bar.update()
     finally:
         if pool is not None:
             pool.terminate()
@@ -327,6 +329,20 @@ def build_corpus(
         bar.close()
     utts = [have[i] for i in range(n)]
     _write_truth(out, utts)
+    (out / JOURNAL).unlink(missing_ok=True)
+    return utts
+
+
+def _journal(path: Path) -> list[Utterance]:
+    """The utterances appended to an interrupted build's journal (a torn last line is skipped)."""
+    if not path.exists():
+        return []
+    utts = []
+    for line in path.read_text().splitlines():
+        try:
+            utts.append(Utterance.from_json(line))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
     return utts
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ttslens.audio.backbones.demo.phones import END_ID
+from ttslens.sae.devices import bf16_native, fused_ok
 
 
 @dataclass
@@ -64,6 +65,10 @@ class DemoLMConfig:
     unknown_prompt: float = 0.5
     """Share of those pairs whose first utterance's phonemes are hidden (`<unk>`), as in a prompt read from a
     WAV, whose phoneme timing is unknown."""
+    bf16: bool = True
+    """Train under bf16 autocast with SDPA attention (weights and optimiser stay fp32) where bf16 products are
+    native (AMX / avx512_bf16 CPUs, bf16 GPUs), else fp32. With the fused AdamW: 1.2x the fp32 tokens per second
+    on the build's batches on 2 CPU cores (the matmuls get 12x faster; the norms, casts and attention do not)."""
 
 
 def build_lm(vocab_size: int, cfg: DemoLMConfig, pad_id: int = 0, seed: int = 0):
@@ -340,6 +345,7 @@ def train_lm(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=cfg.lr,
         betas=(0.9, 0.98),
+        fused=fused_ok(next(model.parameters()).device),
     )
 
     def lr_at(step: int) -> float:
@@ -350,6 +356,11 @@ def train_lm(
 
     model.train()
     depth.train()
+    device = next(model.parameters()).device.type
+    amp = cfg.bf16 and bf16_native(device)
+    attn = model.config._attn_implementation
+    if amp and not cfg.guided_attention:  # the guided loss reads the attention weights, which SDPA does not return
+        model.config._attn_implementation = "sdpa"  # with bf16, faster than eager even with a padding mask
     history: list[TrainLog] = []
     bar = tqdm(total=cfg.steps, desc="demo LM", unit="step", disable=not progress)
     step, queue, t0, seen, ema = 0, [], time.perf_counter(), 0, None
@@ -361,7 +372,8 @@ def train_lm(
             g["lr"] = lr_at(step)
         layers = tuple(i for i in cfg.guided_layers if i < cfg.n_layers)
         guided = (cfg.guided_attention, layers, cfg.guided_width) if cfg.guided_attention and layers else None
-        out = frame_loss(model, depth, batch, head_ids, guided=guided)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            out = frame_loss(model, depth, batch, head_ids, guided=guided)
         loss, ce = out if guided else (out, out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,6 +390,7 @@ def train_lm(
                 log(history[-1])
         bar.update(1)
     bar.close()
+    model.config._attn_implementation = attn
     model.eval()
     depth.eval()
     return history
