@@ -3,8 +3,8 @@
 ttslens BatchTopK (through `ttslens.sae.training.train` itself) vs SAELens BatchTopK vs EleutherAI sparsify
 TopK, each in its own process, on the same file, batch, steps and lr; runs are interleaved and repeated (the
 machine is noisy), so the ratios within one invocation are the result. Variants: each library at its
-defaults (ttslens: fp32 values, latents chosen on a bf16 product where that is native), ttslens in fp32
-throughout (`--no-bf16-select`), and ttslens and sparsify under bf16 autocast. Also: a ttslens step over one
+defaults (fp32), ttslens choosing its latents on a bf16 product (`--bf16-select`, values recomputed in fp32),
+and ttslens and sparsify under bf16 autocast. Also: a ttslens step over one
 dense encoder product (fp32 and bf16), the cost curve tokens/s and peak memory vs F, and a plot.
 Peers run in benchmarks/.venv-peers (`bash benchmarks/peers/setup_peers.sh`).
 
@@ -30,7 +30,8 @@ PYTHON = {"ttslens": ROOT / ".venv/bin/python", "peers": HERE / ".venv-peers/bin
 RUNNERS = {"ttslens": "run_ttslens.py", "saelens": "run_saelens.py", "sparsify": "run_sparsify.py"}
 VARIANTS = {  # name: (library, extra flags)
     "ttslens": ("ttslens", []),
-    "ttslens_fp32": ("ttslens", ["--no-bf16-select"]),
+    "ttslens_topk": ("ttslens", ["--arch", "topk"]),  # sparsify's architecture
+    "ttslens_bf16_select": ("ttslens", ["--bf16-select"]),
     "sparsify": ("sparsify", []),
     "saelens": ("saelens", []),
     "ttslens_bf16": ("ttslens", ["--bf16"]),
@@ -101,7 +102,9 @@ def main() -> None:
             print(n, f"{runs[n][-1]['tokens_per_s']:.0f} tok/s", flush=True)
     tps = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
     ratio = {}
-    for ours, theirs in (("ttslens", "sparsify"), ("ttslens_fp32", "sparsify"), ("ttslens_bf16", "sparsify_bf16")):
+    pairs = (("ttslens", "sparsify"), ("ttslens_topk", "sparsify"), ("ttslens_bf16_select", "sparsify"))
+    pairs += (("ttslens_bf16", "sparsify_bf16"),)
+    for ours, theirs in pairs:
         if ours in tps and theirs in tps:
             ratio[f"{ours}/{theirs}"] = tps[ours] / tps[theirs]
     if "ttslens" in tps and "saelens" in tps:

@@ -209,10 +209,15 @@ class SAE(nn.Module):
         return dense_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc)
 
     def preacts_at(
-        self, x_BD: torch.Tensor, pre_BF: torch.Tensor, idx: torch.Tensor, rows_N: torch.Tensor | None = None
+        self,
+        x_BD: torch.Tensor,
+        pre_BF: torch.Tensor,
+        idx: torch.Tensor,
+        rows_N: torch.Tensor | None = None,
+        exact: bool = True,
     ) -> torch.Tensor:
         """h at idx ([B, K], or flat with rows_N), differentiable, at O(B K d) backward cost."""
-        return gather_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc, pre_BF, idx, rows_N)
+        return gather_preacts(x_BD - self.b_dec, self.W_enc, self.b_enc, pre_BF, idx, rows_N, exact)
 
     def decode(self, acts_BF: torch.Tensor) -> torch.Tensor:
         return acts_BF @ self.W_dec + self.b_dec
@@ -279,7 +284,7 @@ class SAE(nn.Module):
             pre_BF = self.preacts(x_BD)
         masked = pre_BF.detach().masked_fill(~dead_F, -math.inf)
         idx_BA = masked.topk(k_aux, dim=1, sorted=False).indices
-        vals_BA = self.preacts_at(x_BD, pre_BF, idx_BA).relu()
+        vals_BA = self.preacts_at(x_BD, pre_BF, idx_BA, exact=False).relu()  # auxiliary: bf16-chosen values do
         e_BD = ((x_BD if target_BD is None else target_BD) - recon_BD).detach()
         e_hat_BD = sparse_decode(vals_BA, idx_BA, self.W_dec)
         return fvu_loss(e_BD, e_hat_BD)  # global-batch aware, like the main term

@@ -85,7 +85,9 @@ class KronSAE(SAE):
         v_BK = v.reshape(v.shape[0], -1).gather(1, head * self.n + rest % self.n)
         return mand(u_BK.unsqueeze(-1), v_BK.unsqueeze(-1)).reshape(idx_BK.shape)
 
-    def preacts_at(self, x_BD: torch.Tensor, pre_BF: torch.Tensor | None, idx_BK: torch.Tensor) -> torch.Tensor:
+    def preacts_at(
+        self, x_BD: torch.Tensor, pre_BF: torch.Tensor | None, idx_BK: torch.Tensor, exact: bool = True
+    ) -> torch.Tensor:
         u, v = self.uv(x_BD)
         return self._at(u, v, idx_BK)
 

@@ -115,11 +115,13 @@ def gather_preacts(
     pre_BF: torch.Tensor,
     idx: torch.Tensor,
     rows_N: torch.Tensor | None = None,
+    exact: bool = True,
 ) -> torch.Tensor:
     """Pre-activations at idx, differentiable w.r.t. x, W and b at sparse cost.
 
-    idx is [B, K] (K latents per token) or flat [N] with `rows_N` (sorted token index per entry)."""
-    if _bf16() and pre_BF.dtype == torch.bfloat16:  # chosen on bf16 values: recompute them exactly
+    idx is [B, K] (K latents per token) or flat [N] with `rows_N` (sorted token index per entry). Under
+    `bf16_selection`, `exact=False` reads the bf16 values as they are (the auxiliary loss's many entries)."""
+    if exact and _bf16() and pre_BF.dtype == torch.bfloat16:  # chosen on bf16 values: recompute them exactly
         if idx.dim() == 2:
             rows_N = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
         vals = exact_preacts(x_BD, W_FD, b_F, rows_N, idx.reshape(-1)).view(idx.shape)

@@ -33,7 +33,7 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=3, help="leading steps excluded from timing")
     p.add_argument("--eval-tokens", type=int, default=16384)
     p.add_argument("--bf16", action="store_true", help="the training step under torch.autocast(bfloat16)")
-    p.add_argument("--no-bf16-select", action="store_true", help="ttslens only: fp32 latent selection")
+    p.add_argument("--bf16-select", action="store_true", help="ttslens only: latents chosen on a bf16 product")
     p.add_argument("--arch", default="", help="ttslens only: the architecture (default batchtopk)")
     p.add_argument(
         "--defaults", action="store_true", help="the library's own documented optimiser, lr and schedule (not --lr)"

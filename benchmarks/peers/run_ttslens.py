@@ -1,10 +1,11 @@
 """ttslens's SAE training under the same protocol as the peer runners (main venv), through
 `ttslens.sae.training.train` itself: the trainer reads the activation file (its tail held out), logs every
-step, and the step times are read back from its own log (`train_log.jsonl`: the wall time between two
-steps, batch fetch included). Same steps, batch, latents, k and lr as the peers; `--bf16` runs the
-trainer's bf16 autocast (`--no-bf16-select`: fp32 selection). Also timed in this process: the floor every
-top-k SAE pays, one dense encoder product [B, d] x [d, F] (+ bias), in fp32 and in bf16.
-Evaluation uses the saved SAE's inference encoder (a single JumpReLU threshold for batchtopk).
+step, and the step times are read back from its own log (`train_log.jsonl`: the wall time between two steps,
+batch fetch included). Same steps, batch, latents, k and lr as the peers; no latent counts as dead before 10M
+tokens (sparsify's threshold). `--bf16` runs the trainer's bf16 autocast; `--bf16-select` chooses the latents
+on a bf16 product (values recomputed in fp32). Also timed in this process: the floor every top-k SAE pays,
+one dense encoder product [B, d] x [d, F] (+ bias), in fp32 and in bf16. Evaluation uses the saved SAE's
+inference encoder (a single JumpReLU threshold for batchtopk).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def encoder_floor(d: int, latents: int, batch: int, bf16: bool, repeats: int = 1
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    bf16, select, arch = args.bf16, not args.no_bf16_select, args.arch or "batchtopk"
+    bf16, select, arch = args.bf16, args.bf16_select, args.arch or "batchtopk"
     _, held_out = load_split(args.activations, args.eval_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
@@ -62,6 +63,7 @@ def main() -> None:
             bf16=bf16,
             bf16_select=select,
             log_every=1,
+            dead_tokens=10_000_000,  # as sparsify's dead_feature_threshold: no latent counts as dead in a short run
             out=str(Path(tmp) / "sae"),
         )
         result = train(cfg, progress=False)

@@ -68,10 +68,11 @@ class TrainConfig:
     mean L0 is k; 0 = keep the running average of the batches' cuts (which lags behind on short runs)."""
     bf16: bool = False
     """Run the encoder under bfloat16 autocast."""
-    bf16_select: bool = True
+    bf16_select: bool = False
     """Where bf16 products are native (AMX / avx512_bf16 CPUs, bf16 GPUs): choose the top-k latents on a bf16
-    encoder product and recompute the chosen pre-activations exactly in fp32, so the step pays the dense product
-    at bf16 speed while values, loss and gradients stay fp32. Off, or elsewhere: fp32 throughout."""
+    encoder product and recompute the chosen pre-activations exactly in fp32 (values, loss and gradients stay
+    fp32). Off by default: on a 2-core CPU the exact recompute and the selection's passes over a bf16 [B, F]
+    cost more than the product saves (benchmarks/RESULTS.md, issue 17)."""
     device: str = "cpu"
     """Torch device (under torchrun, cuda uses the local rank)."""
     model_dtype: str = "float32"
