@@ -399,7 +399,9 @@ def encode_files(codec, paths: list[str], progress: bool = True, workers: int = 
             bar.update()
         bar.close()
         return out
-    with multiprocessing.get_context().Pool(workers) as pool:
+    # spawn, not fork: a child forked from a process whose torch / OpenMP threads have run can hang at its first
+    # parallel region (it did under pytest)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         out = []
         for t in pool.imap(_encode_file, jobs, chunksize=16):
             out.append(t)
