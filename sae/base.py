@@ -284,7 +284,7 @@ class SAE(nn.Module):
             pre_BF = self.preacts(x_BD)
         masked = pre_BF.detach().masked_fill(~dead_F, -math.inf)
         idx_BA = masked.topk(k_aux, dim=1, sorted=False).indices
-        vals_BA = self.preacts_at(x_BD, pre_BF, idx_BA, exact=False).relu()  # auxiliary: bf16-chosen values do
+        vals_BA = self.preacts_at(x_BD, pre_BF, idx_BA, exact=False).relu()  # an auxiliary loss: bf16 values suffice
         e_BD = ((x_BD if target_BD is None else target_BD) - recon_BD).detach()
         e_hat_BD = sparse_decode(vals_BA, idx_BA, self.W_dec)
         return fvu_loss(e_BD, e_hat_BD)  # global-batch aware, like the main term

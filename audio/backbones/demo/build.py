@@ -391,23 +391,16 @@ def encode_files(codec, paths: list[str], progress: bool = True, workers: int = 
     from tqdm.auto import tqdm
 
     jobs = [(codec, p) for p in paths]
-    bar = tqdm(total=len(paths), desc="encode", unit="utt", disable=not progress)
-    if workers <= 1 or len(paths) < 8:
-        out = []
-        for job in jobs:
-            out.append(_encode_file(job))
-            bar.update()
-        bar.close()
-        return out
     # spawn, not fork: a child forked from a process whose torch / OpenMP threads have run can hang at its first
     # parallel region (it did under pytest)
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        out = []
-        for t in pool.imap(_encode_file, jobs, chunksize=16):
-            out.append(t)
-            bar.update()
-    bar.close()
-    return out
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(paths) >= 8 else None
+    try:
+        results = pool.imap(_encode_file, jobs, chunksize=16) if pool else map(_encode_file, jobs)
+        return list(tqdm(results, total=len(paths), desc="encode", unit="utt", disable=not progress))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
 
 
 def shipped_utterances(n: int, n_train: int, ship: int) -> list[int]:
