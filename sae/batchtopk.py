@@ -27,14 +27,14 @@ def sample_stride(numel: int, F: int) -> int:
     return step
 
 
-def top_values(pre_BF: torch.Tensor, n: int) -> torch.Tensor:
-    """Values of the n largest positive entries of pre_BF (all positives if fewer), unsorted.
+def top_candidates(pre_BF: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A superset of the n largest positive entries of pre_BF (all positives if fewer): their flat indices,
+    ascending (row-major), and their values.
 
-    A cut tau from a strided sample lets ~1.5 n entries through to an exact topk; if fewer than n pass,
-    tau is lowered (4 n), finally to 0. Exact, at the cost of comparisons over B*F instead of a sort."""
+    A cut tau from a strided sample lets ~1.5 n entries through; if fewer than n pass, tau is lowered (4 n),
+    finally to 0. Every candidate is positive. One comparison and one nonzero over B*F, instead of a sort."""
     flat = pre_BF.reshape(-1)
     sample = flat[:: sample_stride(flat.numel(), pre_BF.shape[-1])]
-    cand = None
     for margin in (1.5, 4.0):
         if margin * n >= flat.numel():
             break
@@ -42,13 +42,17 @@ def top_values(pre_BF: torch.Tensor, n: int) -> torch.Tensor:
         tau = sample.topk(j, sorted=False).values.min()
         if tau <= 0:
             break
-        cand = flat[flat >= tau]
-        if cand.numel() >= n:
-            break
-        cand = None
-    if cand is None:
-        cand = flat[flat > 0]
-    return cand.topk(n, sorted=False).values if cand.numel() > n else cand
+        idx = (flat >= tau).nonzero().squeeze(1)
+        if idx.numel() >= n:
+            return idx, flat[idx]
+    idx = (flat > 0).nonzero().squeeze(1)
+    return idx, flat[idx]
+
+
+def top_values(pre_BF: torch.Tensor, n: int) -> torch.Tensor:
+    """Values of the n largest positive entries of pre_BF (all positives if fewer), unsorted."""
+    vals = top_candidates(pre_BF, n)[1]
+    return vals.topk(n, sorted=False).values if vals.numel() > n else vals
 
 
 @register
@@ -74,32 +78,35 @@ class BatchTopKSAE(SAE):
         n, so the kept set is deterministic and the same alone or data-parallel. Fewer than n positive
         entries: all of them are kept."""
         rank, world = batch_world()
-        B, _ = pre_BF.shape
+        B, F = pre_BF.shape
         n_keep = B * world * self.cfg.k  # every process holds B rows (the trainer splits the batch evenly)
-        cand = top_values(pre_BF, n_keep)
+        idx_M, vals_M = top_candidates(pre_BF, n_keep)  # every entry the cut can keep, in row-major order
         if world > 1:
-            padded = torch.zeros(n_keep, dtype=cand.dtype, device=cand.device)  # zeros are never kept
-            padded[: cand.numel()] = cand
+            padded = torch.zeros(n_keep, dtype=vals_M.dtype, device=vals_M.device)  # zeros are never kept
+            top = vals_M.topk(n_keep, sorted=False).values if vals_M.numel() > n_keep else vals_M
+            padded[: top.numel()] = top
             cand = batch_all_gather(padded)
             n_pos = int(batch_all_reduce((padded > 0).sum().double().view(1)))
         else:
-            n_pos = cand.numel()
-        if n_pos < n_keep:
-            mask = pre_BF > 0
+            cand, n_pos = vals_M, vals_M.numel()
+        if n_pos < n_keep:  # every process holds fewer than n_keep positives: its candidates are all of them
+            keep_M = torch.ones_like(vals_M, dtype=torch.bool)
         else:
             t = cand.topk(n_keep, sorted=False).values.min() if cand.numel() > n_keep else cand.min()
-            mask, tied = pre_BF > t, pre_BF == t
-            counts = torch.stack([mask.sum(), tied.sum()]).double()
+            keep_M, tied_M = vals_M > t, vals_M == t
+            counts = torch.stack([keep_M.sum(), tied_M.sum()]).double()
             ties_before = 0
             if world > 1:
                 per_rank = batch_all_gather(counts.view(1, 2))  # [world, 2]
                 ties_before = int(per_rank[:rank, 1].sum())
                 counts = per_rank.sum(0)
             n_short = n_keep - int(counts[0])  # >= 1: t itself is among the top n
-            take = min(max(n_short - ties_before, 0), int(tied.sum()))
+            tied = tied_M.nonzero().squeeze(1)
+            take = min(max(n_short - ties_before, 0), tied.numel())
             if take:
-                mask.view(-1)[tied.reshape(-1).nonzero().squeeze(1)[:take]] = True
-        return mask.nonzero(as_tuple=True)  # row-major: rows come sorted
+                keep_M[tied[:take]] = True
+        flat_N = idx_M[keep_M]  # ascending: rows come sorted
+        return flat_N // F, flat_N % F
 
     @torch.no_grad()
     def update_threshold(self, vals_N: torch.Tensor) -> None:
