@@ -47,9 +47,9 @@ class SynthesizeConfig:
     seed: int = 0
     """Sampling seed (the same seed, text and voice give the same audio)."""
     temperature: float | None = None
-    """Sampling temperature (0 = greedy; default: the backbone's own, 1.0 for the demo and CosyVoice3)."""
+    """Sampling temperature (0 = greedy; default: the backbone's own, e.g. 0.7 for the demo, 1.0 for CosyVoice3)."""
     top_k: int | None = None
-    """Sample among the k most likely speech tokens (0 = all; default: the backbone's, 50 for the demo,
+    """Sample among the k most likely speech tokens (0 = all; default: the backbone's, 10 for the demo,
     25 for CosyVoice3)."""
     top_p: float | None = None
     """Nucleus sampling mass (default: the backbone's, 0.95 for the demo, 0.8 for CosyVoice3)."""
@@ -93,7 +93,7 @@ def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
 def run_synthesize(cfg: SynthesizeConfig) -> dict:
     from ttslens.audio.measures.asr import DEFAULT_MODEL
     from ttslens.audio.measures.signal import measure
-    from ttslens.audio.steering.api import SteerableTTS
+    from ttslens.audio.steering.api import SteerableTTS, window_of
     from ttslens.audio.voices import resolve_prompt
 
     parse_steers(cfg.steer)  # a wrong edit is named first (its hint is what `--steer gender` needs)
@@ -136,15 +136,6 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
         | ({"steered": steered, "steered_positions": int(out.steered.sum())} if steered or cfg.vectors else {})
         | ({"vectors": cfg.vectors} if cfg.vectors else {})
     )
-
-
-def window_of(values: list[float]) -> tuple[float, float] | None:
-    """--window T0 T1 → (t0, t1); [] → None."""
-    if not values:
-        return None
-    if len(values) != 2:
-        raise BadInput(f"--window takes two times in seconds, T0 T1 (got {len(values)} values)")
-    return float(values[0]), float(values[1])
 
 
 def heard(asr_name: str, text: str, wave: np.ndarray, sample_rate: int) -> dict:

@@ -117,8 +117,10 @@ class TTSPolicy:
         text = getattr(item, "prompt", item)
         instruct = (getattr(item, "info", None) or {}).get("instruct")
         prompt = self._prompt(item)
+        # unfiltered (no top-k / top-p): the policy gradient scores the model's whole distribution, so it must be
+        # the one sampled
         gens = self.bb.generate([text] * n, instruct=instruct, prompt=prompt, interventions=edits, seed=list(seeds),
-                                temperature=temperature)  # fmt: skip
+                                temperature=temperature, top_k=0, top_p=1.0)  # fmt: skip
         return [SpeechSample(text, g.tokens, g.stopped, instruct, prompt, self.bb) for g in gens]
 
     def completion(self, item) -> SpeechSample:

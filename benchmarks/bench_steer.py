@@ -30,11 +30,15 @@ ALPHAS = {
     "gender": [-5, -4, -3, -2, 2, 3, 4],
     "rate": [-6, -4, -2, 2, 4, 6],
 }
+WINDOWED = {"laughter_window": [1.0, 1.5, 2.0, 3.0, 4.0]}  # laughter steered inside a time window only
 RESULTS = Path(__file__).parent / "results"
 
 
-def content_ok(row: dict) -> bool:
-    """Within 10% of the unsteered baseline on both offline content measures."""
+def content_ok(row: dict, zero: dict) -> bool:
+    """The words kept: Whisper WER within +0.05 of unsteered (the issue's test) when WER was measured, else within
+    10% of the unsteered baseline on both offline content measures."""
+    if row.get("wer") is not None and zero.get("wer") is not None:
+        return row["wer"] <= zero["wer"] + 0.05
     return (row["content"] or 9) <= 1.10 and (row["text_match"] or 0) >= 0.90
 
 
@@ -49,9 +53,12 @@ def targets(res: dict) -> dict:
         if not cand:
             return None
         r = max(cand, key=key) if better == "max" else min(cand, key=key)
-        return {"alpha": r["alpha"], "value": r["mean"], "text_match": r["text_match"], "mfcc_dtw": r["content"]}
+        return {"alpha": r["alpha"], "value": r["mean"], "text_match": r["text_match"], "mfcc_dtw": r["content"]} | {
+            k: r[k] for k in ("wer", "p_male_timbre") if r.get(k) is not None
+        }
 
     for attr, key, better, goal, scale in (
+        *((("laughter_window", lambda r: r["mean"], "max", 0.85, 1),) if "laughter_window" in rows else ()),
         ("laughter", lambda r: r["mean"], "max", 0.85, 1),
         ("gender", lambda r: r["mean"], "max", 0.95, 1),
         ("gender", lambda r: r["mean"], "min", 0.05, 1),
@@ -60,13 +67,14 @@ def targets(res: dict) -> dict:
     ):
         name = f"{attr} {'up' if better == 'max' else 'down'}"
         any_ = best(attr, key, better)
-        kept = best(attr, key, better, content_ok)
+        kept = best(attr, key, better, lambda r, attr=attr: content_ok(r, zero[attr]))
 
         def reach(b, better=better, goal=goal, scale=scale) -> bool:
             return bool(b) and (b["value"] / scale >= goal if better == "max" else b["value"] / scale <= goal)
 
         out[name] = {
             "unsteered": zero[attr]["mean"],
+            "unsteered_wer": zero[attr].get("wer"),
             "goal": f"{'>=' if better == 'max' else '<='} {goal}{'x unsteered' if scale != 1 else ''}",
             "best": any_,
             "best_with_content": kept,
@@ -86,8 +94,8 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    goals = {"laughter": [0.05, 0.85], "gender": [0.05, 0.95], "rate": None}
+    fig, axes = plt.subplots(2, len(res), figsize=(4.7 * len(res), 7), squeeze=False)
+    goals = {"laughter": [0.05, 0.85], "laughter_window": [0.05, 0.85], "gender": [0.05, 0.95], "rate": None}
     for j, (attr, r) in enumerate(res.items()):
         rows = r["rows"]
         a = np.array([x["alpha"] for x in rows])
@@ -109,6 +117,8 @@ def plot(res: dict, path: Path) -> None:
         ax.fill_between(a, val("text_match_lo"), val("text_match_hi"), alpha=0.2)
         ax.plot(a, val("content"), "s-", label="MFCC-DTW / re-sample baseline")
         ax.fill_between(a, val("content_lo"), val("content_hi"), alpha=0.2)
+        if any(x.get("wer") is not None for x in rows):
+            ax.plot(a, val("wer"), "^-", label="Whisper WER")
         for g in (0.9, 1.1):
             ax.axhline(g, color="C3", ls="--", lw=0.8)
         ax.set_title(f"{attr}: content (dashed: ±10%)")
@@ -150,7 +160,11 @@ def main() -> None:
     ap.add_argument("--voices", type=int, default=6)
     ap.add_argument("--texts", type=int, default=5)
     ap.add_argument("--probe-items", type=int, default=800)
-    ap.add_argument("--attributes", nargs="+", default=list(ALPHAS))
+    ap.add_argument(
+        "--attributes", nargs="+", default=[*ALPHAS, *WINDOWED], help="of " + ", ".join([*ALPHAS, *WINDOWED])
+    )
+    ap.add_argument("--window", type=float, nargs=2, default=[0.6, 1.4], help="T0 T1 s for laughter_window")
+    ap.add_argument("--asr", default="tiny.en", help="Whisper for WER ('' = none: offline content measures only)")
     ap.add_argument(
         "--timing-only",
         action="store_true",
@@ -165,11 +179,12 @@ def main() -> None:
     for attr in args.attributes:
         cfg = SteerEvalConfig(
             sae=[args.sae],
-            attribute=attr,
-            alphas=[float(x) for x in ALPHAS[attr]],
+            attribute=attr.removesuffix("_window"),
+            alphas=[float(x) for x in {**ALPHAS, **WINDOWED}[attr]],
+            window=args.window if attr in WINDOWED else [],
             voices=args.voices,
             texts=args.texts,
-            asr="",
+            asr=args.asr,
             out=str(Path(args.out) / attr),
             progress=True,
         )
@@ -182,7 +197,8 @@ def main() -> None:
         "presets": {
             n: {s: [f["feature"] for f in p[s]] for s in ("plus", "minus")} for n, p in presets["presets"].items()
         },
-        "targets": targets(res) if set(res) == set(ALPHAS) else None,
+        "window": args.window if set(res) & set(WINDOWED) else None,
+        "targets": targets(res) if set(ALPHAS) <= set(res) else None,
         "sweeps": {a: {k: v for k, v in r.items() if k not in ("png", "csv", "json")} for a, r in res.items()},
     }
     (RESULTS / "steer.json").write_text(json.dumps(summary, indent=1))

@@ -38,6 +38,15 @@ from ttslens.sae.notes import note
 from ttslens.sae.steering import FeatureEdit, LoadedSAE, ResolvedEdit, SAESteerer, SteerRequest, load_steer_saes
 
 
+def window_of(values: list[float]) -> tuple[float, float] | None:
+    """--window T0 T1 → (t0, t1); [] → None."""
+    if not values:
+        return None
+    if len(values) != 2:
+        raise BadInput(f"--window takes two times in seconds, T0 T1 (got {len(values)} values)")
+    return float(values[0]), float(values[1])
+
+
 class Synthesis(NamedTuple):
     wave: np.ndarray  # float32 at sample_rate
     sample_rate: int

@@ -76,6 +76,9 @@ class SteerEvalConfig:
     """Positions steered: speech | text | all | generated."""
     replace: bool = False
     """Paper-exact edit (replace the residual by the SAE reconstruction)."""
+    window: list[float] = field(default_factory=list)
+    """Steer only the speech between T0 and T1 seconds of each utterance, e.g. --window 0.8 1.4 (a laugh inside
+    speech); default: every position of the scope."""
     asr: str = "tiny.en"
     """Whisper for WER (faster-whisper size name or directory, or a .pt path; tiny.en ships with the asr
     extra); empty = none. Without it: MFCC-DTW only."""
@@ -177,7 +180,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
     from ttslens.audio.commands import write_wav
     from ttslens.audio.measures.asr import ASR
     from ttslens.audio.measures.signal import measure
-    from ttslens.audio.steering.api import SteerableTTS
+    from ttslens.audio.steering.api import SteerableTTS, window_of
 
     if cfg.attribute not in ATTRIBUTES:
         raise BadInput(f"unknown attribute {cfg.attribute!r}: use one of {', '.join(ATTRIBUTES)}")
@@ -185,6 +188,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
         raise BadInput("no SAE given: pass --sae DIR (or trained steering vectors: --vectors DIR)")
     if not cfg.alphas or cfg.voices < 1 or cfg.texts < 1:
         raise BadInput("--alphas, --voices and --texts must each give at least one")
+    window = window_of(cfg.window)
     if cfg.vectors:
         from ttslens.sae.vectors.vectors import load_vectors
 
@@ -253,6 +257,7 @@ def run_steer_eval(cfg: SteerEvalConfig, progress: Callable[[float, str], None] 
                 voice=voice_of[v] or None,
                 scope=cfg.scope,
                 replace=cfg.replace and a != 0,
+                window=window if a else None,
             )
             f = feats[(a, t, v)] = mfcc_features(syn.wave, syn.sample_rate)
             npy.parent.mkdir(exist_ok=True)

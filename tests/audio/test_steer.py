@@ -325,3 +325,20 @@ def test_cli_window_steers_only_inside_it(steer_sae, tmp_path, capsys):
     assert "two times" in capsys.readouterr().err
     assert cli([*base, "--steer", "laughter=2", "--window", "2", "1", "--out", str(tmp_path / "x.wav")]) == 2
     assert "window" in capsys.readouterr().err
+
+
+def test_steer_eval_window_limits_the_edit(steer_sae, tmp_path, capsys):
+    """steer-eval --window: a window past every utterance steers nothing (the steered sample equals the unsteered
+    one); a window over the start steers (it differs)."""
+    base = ["steer-eval", "--sae", str(steer_sae), "--attribute", "laughter", "--alphas", "4", "--voices", "1"]
+    base += ["--texts", "1", "--asr", "", "--no-progress"]
+
+    def samples(name: str, window: list[str]) -> dict:
+        assert cli([*base, "--window", *window, "--out", str(tmp_path / name)]) == 0
+        capsys.readouterr()
+        recs = [json.loads(r) for r in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+        return {r["alpha"]: (r["tokens"], r["text_match"], r["laughter"]) for r in recs if r["voice"] < 100_000}
+
+    far, near = samples("far", ["60", "61"]), samples("near", ["0", "0.8"])
+    assert far[4.0] == far[0.0] == near[0.0]
+    assert near[4.0] != near[0.0]

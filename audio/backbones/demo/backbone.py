@@ -107,6 +107,13 @@ class DemoBackbone(TTSBackbone):
     (phoneme, next phoneme, codec codes), and generation follows the text's phoneme schedule (phones.py)."""
 
     name = "demo"
+    # codes: chosen on sentences no benchmark reports (benchmarks/exp_sampler.py → results/sampler_dev*.json), mean
+    # WER 1.00 at (1.0, 50, 0.95), 0.74 here; the codec's fine stages at a lower temperature did worse. Timing: the
+    # stay / next / stop decision keeps the LM's own distribution (temperature 1): at 0.7 phonemes stretch, the
+    # duration-length correlation fell from 0.90 to 0.71 and 3% of utterances ran to the length limit
+    sampling = {"temperature": 0.7, "top_k": 10, "top_p": 0.95}
+    timing_temperature: float | None = 1.0  # the decision's temperature; None: generate()'s
+    fine_temperature: float | None = None  # the codec's finer residual stages'; None: generate()'s temperature
 
     def __init__(
         self,
@@ -243,7 +250,8 @@ class DemoBackbone(TTSBackbone):
             mask = torch.ones(3, dtype=torch.bool)
             mask[ok] = False
             logits[b, mask] = float("-inf")
-        decision = sample(logits, state.gens, state.temperature, fallback=NEXT)  # unfiltered: top-p would bias timing
+        t_timing = state.temperature if self.timing_temperature is None else self.timing_temperature
+        decision = sample(logits, state.gens, t_timing, fallback=NEXT)  # unfiltered: top-p would bias timing
         phones = []
         for b, sched in enumerate(schedules):
             if int(decision[b]) == NEXT:
@@ -264,10 +272,12 @@ class DemoBackbone(TTSBackbone):
         each conditioned on the frame's phonemes and the codes before it."""
         z = hidden_BD.to(self.depth.out.dtype)
         out = [phones_B2[:, c].cpu() for c in range(PHONE_COLUMNS)]
-        for _ in range(PHONE_COLUMNS, self.n_codebooks):
+        n_coarse = PHONE_COLUMNS + 2 * self.codec.config.mel_per_frame  # the first shape and the gain stage
+        for c in range(PHONE_COLUMNS, self.n_codebooks):
             lg = self.depth.column_logits(z, torch.stack(out, -1).to(z.device)).float()
             lg[:, self.codec.codebook_size :] = float("-inf")  # ids past the codec's (tiny codecs: the inventory's)
-            out.append(sample(lg, gens, temperature, top_k, top_p).cpu())
+            t = temperature if c < n_coarse or self.fine_temperature is None else self.fine_temperature
+            out.append(sample(lg, gens, t, top_k, top_p).cpu())
         return torch.stack(out, dim=-1)
 
     def speech_logprobs(self, tf: TeacherForced, tokens_TC: torch.Tensor) -> tuple[torch.Tensor, int]:
