@@ -8,7 +8,7 @@
    and <= .6x; content within 10% of the unsteered baseline; steered <= 1.10x unsteered time per token.
 Writes results/steer.json and results/steer.png.
 
-    python benchmarks/bench_steer.py --sae runs/ai/sae_l3 --out runs/steer
+    python benchmarks/bench_steer.py --sae runs/ai/sae_l3 --out runs/steer   # → results/steer.json, .png (--json)
 """
 
 from __future__ import annotations
@@ -57,14 +57,15 @@ def targets(res: dict) -> dict:
             k: r[k] for k in ("wer", "p_male_timbre") if r.get(k) is not None
         }
 
-    for attr, key, better, goal, scale in (
-        *((("laughter_window", lambda r: r["mean"], "max", 0.85, 1),) if "laughter_window" in rows else ()),
-        ("laughter", lambda r: r["mean"], "max", 0.85, 1),
-        ("gender", lambda r: r["mean"], "max", 0.95, 1),
-        ("gender", lambda r: r["mean"], "min", 0.05, 1),
-        ("rate", lambda r: r["mean"], "max", 2.0, zero["rate"]["mean"]),
-        ("rate", lambda r: r["mean"], "min", 0.6, zero["rate"]["mean"]),
-    ):
+    goals = (
+        ("laughter_window", lambda r: r["mean"], "max", 0.85, lambda: 1),
+        ("laughter", lambda r: r["mean"], "max", 0.85, lambda: 1),
+        ("gender", lambda r: r["mean"], "max", 0.95, lambda: 1),
+        ("gender", lambda r: r["mean"], "min", 0.05, lambda: 1),
+        ("rate", lambda r: r["mean"], "max", 2.0, lambda: zero["rate"]["mean"]),
+        ("rate", lambda r: r["mean"], "min", 0.6, lambda: zero["rate"]["mean"]),
+    )
+    for attr, key, better, goal, scale in ((a, k, b, g, s()) for a, k, b, g, s in goals if a in rows):
         name = f"{attr} {'up' if better == 'max' else 'down'}"
         any_ = best(attr, key, better)
         kept = best(attr, key, better, lambda r, attr=attr: content_ok(r, zero[attr]))
@@ -81,7 +82,8 @@ def targets(res: dict) -> dict:
             "met": bool(reach(any_)),
             "met_with_content": bool(reach(kept)),
         }
-    out["laughter up"]["unsteered_ok"] = zero["laughter"]["mean"] <= 0.05
+    if "laughter" in zero:
+        out["laughter up"]["unsteered_ok"] = zero["laughter"]["mean"] <= 0.05
     out["time"] = {a: r["time_ratio"] for a, r in res.items()} | {
         "met": all(r["time_ratio"] <= 1.10 for r in res.values())
     }
@@ -164,6 +166,7 @@ def main() -> None:
         "--attributes", nargs="+", default=[*ALPHAS, *WINDOWED], help="of " + ", ".join([*ALPHAS, *WINDOWED])
     )
     ap.add_argument("--window", type=float, nargs=2, default=[0.6, 1.4], help="T0 T1 s for laughter_window")
+    ap.add_argument("--json", default=str(RESULTS / "steer.json"), help="summary JSON (the plot beside it, .png)")
     ap.add_argument("--asr", default="tiny.en", help="Whisper for WER ('' = none: offline content measures only)")
     ap.add_argument(
         "--timing-only",
@@ -190,7 +193,6 @@ def main() -> None:
         )
         res[attr] = run_steer_eval(cfg)
         print(attr, json.dumps(res[attr]["rows"]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
     summary = {
         "command": "python benchmarks/bench_steer.py " + " ".join(sys.argv[1:]),
         "sae": args.sae,
@@ -198,11 +200,13 @@ def main() -> None:
             n: {s: [f["feature"] for f in p[s]] for s in ("plus", "minus")} for n, p in presets["presets"].items()
         },
         "window": args.window if set(res) & set(WINDOWED) else None,
-        "targets": targets(res) if set(ALPHAS) <= set(res) else None,
+        "targets": targets(res),
         "sweeps": {a: {k: v for k, v in r.items() if k not in ("png", "csv", "json")} for a, r in res.items()},
     }
-    (RESULTS / "steer.json").write_text(json.dumps(summary, indent=1))
-    plot(res, RESULTS / "steer.png")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    plot(res, out.with_suffix(".png"))
     print(json.dumps(summary["targets"], indent=1))
 
 
