@@ -31,14 +31,11 @@ RESULTS = Path(__file__).parent / "results"
 
 def parse(setting: str) -> dict:
     t, k, p, *rest = setting.split(",")
-    tt, ft = (rest + ["-", "-"])[:2]
-    return {
-        "temperature": float(t),
-        "top_k": int(k),
-        "top_p": float(p),
-        "timing": None if tt == "-" else float(tt),
-        "fine": None if ft == "-" else float(ft),
-    }
+    own = {"timing": DemoBackbone.timing_temperature, "fine": DemoBackbone.fine_temperature}
+    cfg = {"temperature": float(t), "top_k": int(k), "top_p": float(p)}
+    for name, x in zip(own, (rest + ["", ""])[:2], strict=True):
+        cfg[name] = own[name] if x == "" else None if x == "-" else float(x)
+    return cfg
 
 
 def main() -> None:
