@@ -5,7 +5,8 @@ its trainer at its defaults (lr 0 = its rule, warm-up and decay), sparsify with 
 (ScheduleFree SignSGD at its lr rule), SAELens at its documented lr (3e-4, constant). Same tokens, batch,
 latents and k for all; ttslens and SAELens train BatchTopK, sparsify TopK (its only top-k form). Reported:
 MMCS (mean over true features of the best decoder cosine), EV = 1 - FVU on held-out rows, L0, dead share.
-`--lrs` adds ttslens runs at fixed learning rates (the sweep that chose the default rule).
+`--archs` adds ttslens runs of other architectures at its defaults (TopK: the form sparsify trains); `--lrs` adds
+ttslens runs at its defaults but a fixed learning rate (the sweep that chose the default rule).
 
     .venv/bin/python benchmarks/bench_defaults.py                        # → results/defaults.json
     .venv/bin/python benchmarks/bench_defaults.py --sets hard --lrs 2e-3,8e-3
@@ -56,6 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", default="easy,hard,skewed,dense", help="of " + ", ".join(SETS))
     p.add_argument("--libs", default="ttslens,sparsify,saelens")
+    p.add_argument("--archs", default="topk", help="extra ttslens architectures at its defaults")
     p.add_argument("--lrs", default="", help="extra ttslens runs at these fixed learning rates")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--tokens-scale", type=float, default=1.0, help="multiply every set's token budget")
@@ -75,13 +77,16 @@ def main() -> None:
         spec = {"d": d, "true_features": n_true, "active": active, "zipf": zipf, "latents": latents, "k": k}
         rows = results.setdefault(name, {"set": spec | {"tokens": tokens}})
         runs = [(lib, lib, ["--defaults"]) for lib in a.libs.split(",")]
-        runs += [(f"ttslens lr {lr}", "ttslens", ["--lr", lr]) for lr in a.lrs.split(",") if lr]
+        runs += [(f"ttslens {arch}", "ttslens", ["--defaults", "--arch", arch]) for arch in a.archs.split(",") if arch]
+        runs += [(f"ttslens lr {lr}", "ttslens", ["--defaults", "--lr", lr]) for lr in a.lrs.split(",") if lr]
         for label, lib, flags in runs:
             rows[label] = run(lib, data, latents, k, steps, a.batch_size, flags)
             r = rows[label]
             print(f"{name:7s} {label:18s} MMCS {r['mmcs']:.3f}  EV {r['ev']:.3f}  L0 {r['l0']:.1f}", flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=2))
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(out)
         data.unlink(missing_ok=True)
 
 

@@ -28,7 +28,7 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=None, help="2e-4 if absent; with --defaults: ttslens only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=3, help="leading steps excluded from timing")
     p.add_argument("--eval-tokens", type=int, default=16384)
@@ -39,6 +39,8 @@ def parse_args(description: str) -> argparse.Namespace:
         "--defaults", action="store_true", help="the library's own documented optimiser, lr and schedule (not --lr)"
     )
     args = p.parse_args()
+    args.lr_given = args.lr is not None
+    args.lr = 2e-4 if args.lr is None else args.lr
     if args.warmup_steps >= args.steps:
         p.error("--warmup-steps must be < --steps")
     return args

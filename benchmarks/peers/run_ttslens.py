@@ -1,8 +1,9 @@
 """ttslens's SAE training under the same protocol as the peer runners (main venv), through
 `ttslens.sae.training.train` itself: the trainer reads the activation file (its tail held out), logs every
 step, and the step times are read back from its own log (`train_log.jsonl`: the wall time between two steps,
-batch fetch included). Same steps, batch, latents, k and lr as the peers; no latent counts as dead before 10M
-tokens (sparsify's threshold). `--bf16` runs the trainer's bf16 autocast; `--bf16-select` chooses the latents
+batch fetch included). Same steps, batch, latents, k and lr as the peers; without --defaults no latent counts as
+dead before 10M tokens (sparsify's threshold). `--bf16` runs the trainer's bf16 autocast;
+`--bf16-select` chooses the latents
 on a bf16 product (values recomputed in fp32). Also timed in this process: the floor every top-k SAE pays,
 one dense encoder product [B, d] x [d, F] (+ bias), in fp32 and in bf16. Evaluation uses the saved SAE's
 inference encoder (a single JumpReLU threshold for batchtopk).
@@ -56,14 +57,15 @@ def main() -> None:
             activations=args.activations,
             tokens=args.steps * args.batch_size,
             batch_size=args.batch_size,
-            lr=0.0 if args.defaults else args.lr,
+            lr=0.0 if args.defaults and not args.lr_given else args.lr,  # 0: the trainer's rule
             seed=args.seed,
             eval_tokens=args.eval_tokens,
             calibration_tokens=min(65536, 4 * args.batch_size),
             bf16=bf16,
             bf16_select=select,
             log_every=1,
-            dead_tokens=10_000_000,  # as sparsify's dead_feature_threshold: no latent counts as dead in a short run
+            # --defaults: the trainer's own dead-latent rule; else as sparsify's dead_feature_threshold (timing runs)
+            dead_tokens=0 if args.defaults else 10_000_000,
             out=str(Path(tmp) / "sae"),
         )
         result = train(cfg, progress=False)

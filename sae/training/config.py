@@ -43,7 +43,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimiser step (over all processes)."""
     lr: float = 0.0
-    """Adam learning rate; 0 = 2e-4 / sqrt(latents / 2^14)."""
+    """Adam learning rate; 0 = 2e-3 / sqrt(latents / 2^14) (chosen by benchmarks/bench_defaults.py)."""
     warmup_steps: int = 1000
     """Linear learning-rate warm-up steps (at most 10% of the run)."""
     decay_frac: float = 0.2
@@ -60,7 +60,8 @@ class TrainConfig:
     """Train (and evaluate) on the positions of one modality only: all | text | speech (e.g. a text-only base
     SAE for `ttslens boost` to teach speech)."""
     dead_tokens: int = 0
-    """A latent that has not fired for this many tokens is dead (AuxK); 0 = min(10M, tokens / 20)."""
+    """A latent that has not fired for this many tokens is dead (AuxK); 0 = 100 x its mean firing interval
+    (100 latents / k), at least one batch and at most 10M."""
     eval_tokens: int = 16384
     """Held-out tokens for the final metrics (the tail of a cache, fresh text for a model)."""
     calibration_tokens: int = 65536
@@ -110,7 +111,12 @@ class TrainConfig:
 
     @property
     def lr_eff(self) -> float:
-        return self.lr or 2e-4 / math.sqrt(self.sae.d_sae / 2**14)
+        return self.lr or 2e-3 / math.sqrt(self.sae.d_sae / 2**14)
+
+    @property
+    def dead_after(self) -> int:
+        """Tokens without firing after which a latent is dead (AuxK revives it)."""
+        return self.dead_tokens or min(10_000_000, max(self.batch_size, 100 * self.sae.d_sae // max(1, self.sae.k)))
 
     def lr_scale(self, step: int) -> float:
         """Warm-up, constant, then linear decay to 0."""

@@ -242,7 +242,7 @@ def train(cfg: TrainConfig, source=None, progress: bool = True, boost_base: SAE 
         cfg.modality,
     )  # fmt: skip
     batches = iter(stream)
-    dead_after = cfg.dead_tokens or min(10_000_000, max(cfg.batch_size, cfg.tokens // 20))
+    dead_after = cfg.dead_after
     since_fired = since_fired.to(dist.device)
 
     if dist.main:

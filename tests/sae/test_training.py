@@ -149,6 +149,20 @@ def test_config_errors():
         TrainConfig(activations="x", tokens=10, batch_size=100)
 
 
+def test_default_lr_and_dead_rules():
+    """The rules bench_defaults.py chose: lr 2e-3 / sqrt(F / 2^14); dead after 100 mean firing intervals
+    (100 F / k tokens), at least a batch, at most 10M; explicit values win."""
+    from ttslens.sae.base import SAEConfig
+
+    cfg = TrainConfig(activations="x", sae=SAEConfig(d_sae=2048, k=16), batch_size=4096)
+    assert cfg.lr_eff == pytest.approx(2e-3 * 8**0.5)
+    assert cfg.dead_after == 12_800
+    assert TrainConfig(activations="x", sae=SAEConfig(d_sae=1024, k=64), batch_size=4096).dead_after == 4096
+    assert TrainConfig(activations="x", sae=SAEConfig(d_sae=2**22, k=8)).dead_after == 10_000_000
+    given = TrainConfig(activations="x", lr=1e-4, dead_tokens=777)
+    assert (given.lr_eff, given.dead_after) == (1e-4, 777)
+
+
 # ---- torchrun: resume with another world size, DDP = one process on the concatenated batch ----------
 
 
