@@ -36,7 +36,7 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--bf16-select", action="store_true", help="ttslens only: latents chosen on a bf16 product")
     p.add_argument("--arch", default="", help="ttslens only: the architecture (default batchtopk)")
     p.add_argument(
-        "--defaults", action="store_true", help="the library's own documented optimiser, lr and schedule (not --lr)"
+        "--defaults", action="store_true", help="the library's own optimiser, lr and schedule (ttslens: --lr overrides)"
     )
     args = p.parse_args()
     args.lr_given = args.lr is not None

@@ -2,10 +2,9 @@
 `ttslens.sae.training.train` itself: the trainer reads the activation file (its tail held out), logs every
 step, and the step times are read back from its own log (`train_log.jsonl`: the wall time between two steps,
 batch fetch included). Same steps, batch, latents, k and lr as the peers; without --defaults no latent counts as
-dead before 10M tokens (sparsify's threshold). `--bf16` runs the trainer's bf16 autocast;
-`--bf16-select` chooses the latents
-on a bf16 product (values recomputed in fp32). Also timed in this process: the floor every top-k SAE pays,
-one dense encoder product [B, d] x [d, F] (+ bias), in fp32 and in bf16. Evaluation uses the saved SAE's
+dead before 10M tokens (sparsify's threshold). `--bf16` runs the trainer's bf16 autocast; `--bf16-select`
+chooses the latents on a bf16 product (values recomputed in fp32). Also timed in this process: the floor every
+top-k SAE pays, one dense encoder product [B, d] x [d, F] (+ bias), in fp32 and in bf16. Evaluation uses the saved SAE's
 inference encoder (a single JumpReLU threshold for batchtopk).
 """
 

@@ -60,8 +60,8 @@ class TrainConfig:
     """Train (and evaluate) on the positions of one modality only: all | text | speech (e.g. a text-only base
     SAE for `ttslens boost` to teach speech)."""
     dead_tokens: int = 0
-    """A latent that has not fired for this many tokens is dead (AuxK); 0 = 100 x its mean firing interval
-    (100 latents / k), at least one batch and at most 10M."""
+    """A latent that has not fired for this many tokens is dead (AuxK); 0 = 100 mean firing intervals
+    (100 x latents / k tokens), at least one batch and at most 10M."""
     eval_tokens: int = 16384
     """Held-out tokens for the final metrics (the tail of a cache, fresh text for a model)."""
     calibration_tokens: int = 65536
