@@ -40,7 +40,7 @@ def fit(data: Path, work: Path, name: str, sae: SAEConfig, tokens: int, lr: floa
     return res
 
 
-def plot(pareto: dict, out: Path) -> None:
+def plot(pareto: dict, out: Path, name: str = "quality") -> None:
     """FVU vs k: one HierarchicalTopK SAE against a TopK SAE per k."""
     import matplotlib
 
@@ -55,15 +55,15 @@ def plot(pareto: dict, out: Path) -> None:
     ax.set_xticks(pareto["k"], [str(k) for k in pareto["k"]])
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "hierarchical_pareto.png", dpi=130)
+    fig.savefig(out / ("hierarchical_pareto.png" if name == "quality" else f"{name}_pareto.png"), dpi=130)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=2_000_000)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="0 = the trainer's default rule (2e-3 / sqrt(F / 2^14))")
     p.add_argument("--out", default=str(HERE / "results"))
-    p.add_argument("--plot-only", action="store_true", help="redraw the plot from results/quality.json")
+    p.add_argument("--plot-only", action="store_true", help="redraw the plot from results/NAME.json")
     p.add_argument("--parts", default="ground_truth,hierarchical,kron", help="which of the three to run")
     p.add_argument("--archs", default="batchtopk,topk,hierarchical,kron,relu", help="ground_truth's architectures")
     p.add_argument("--name", default="quality", help="the raw JSON's name under --out (NAME.json)")
@@ -72,7 +72,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.plot_only:
-        plot(json.loads((out / "quality.json").read_text())["hierarchical_pareto"], out)
+        plot(json.loads((out / f"{a.name}.json").read_text())["hierarchical_pareto"], out, a.name)
         return
     work = Path(tempfile.mkdtemp(prefix="ttslens_bench_"))
     results: dict = {"config": vars(a)}
@@ -81,7 +81,9 @@ def main() -> None:
         ground_truth(a, work, results)
     if "hierarchical" in parts or "kron" in parts:
         hierarchical_and_kron(a, work, results, out, parts)
-    (out / f"{a.name}.json").write_text(json.dumps(results, indent=2))
+    tmp = out / f"{a.name}.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out / f"{a.name}.json")
     print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
 
 
@@ -122,7 +124,7 @@ def hierarchical(a, work: Path, results: dict, out: Path, hd: Path) -> None:
         )
     pareto["hier_minus_topk"] = [h - t for h, t in zip(pareto["hierarchical"], pareto["topk"], strict=True)]
     results["hierarchical_pareto"] = pareto
-    plot(pareto, out)
+    plot(pareto, out, a.name)
 
 
 def kron(a, work: Path, results: dict, hd: Path) -> None:
@@ -132,6 +134,8 @@ def kron(a, work: Path, results: dict, hd: Path) -> None:
         "topk": SAEConfig(arch="topk", d_sae=4096, k=16),
         "kron_m2_n4": SAEConfig(arch="kron", d_sae=4096, k=16, kron_m=2, kron_n=4),
         "kron_m4_n8": SAEConfig(arch="kron", d_sae=4096, k=16, kron_m=4, kron_n=8),
+        "kron_m8_n8": SAEConfig(arch="kron", d_sae=4096, k=16, kron_m=8, kron_n=8),
+        "kron_m8_n16": SAEConfig(arch="kron", d_sae=4096, k=16, kron_m=8, kron_n=16),
     }.items():
         results["kron_vs_topk"][name] = fit(hd, work, f"kv_{name}", cfg, a.tokens, a.lr).metrics["fvu"]
 

@@ -5,8 +5,11 @@ is mAND(u_i, v_j) = sqrt(u_i v_j) when both are positive, else 0. F = h * m * n;
 values; dense decoder. P and Q are stored together as W_uv [h, m + n, d] (rows :m are P).
 
 Encoding never builds the [B, F] matrix: a latent's value is at most its head's
-sqrt(max u * max v), so the top-k latents lie in the k heads with the largest such bound;
-only those heads are expanded. Encoder cost: d*h*(m+n) + k*m*n per token instead of d*F.
+sqrt(max u * max v) (and equals it at the head's best pair), so the top-k latents lie in the k heads
+with the largest such bound; only those heads are expanded. u and v are computed rank-major
+([B, m, h]), so the bound and the gathers run along contiguous heads. Encoder cost:
+d*h*(m+n) + k*m*n per token instead of d*F: the product is F / (h (m+n)) = mn / (m+n) times smaller
+(1.33x at (m, n) = (2, 4), 4x at (8, 8)), which bounds the encoder's speed-up over TopK.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 
 from ttslens.sae.base import SAE, ForwardOutput, fvu_loss, register
 from ttslens.sae.errors import BadInput
+from ttslens.sae.sparse_ops import dense_preacts, gather_preacts, plain_torch
 
 EPS = 1e-12
 
@@ -67,51 +71,83 @@ class KronSAE(SAE):
         self.W_dec.div_(s)
         self.b_dec.div_(s)
 
+    def _rank_major(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder as one [(m+n) h, d] matrix, rows ordered (rank, head), and its bias."""
+        return self.W_uv.transpose(0, 1).reshape(-1, self.cfg.d_in), self.b_uv.t().reshape(-1)
+
+    def _uv_flat(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """[B, (m+n) h] rank-major u then v; no graph on the fast path (bf16 under `bf16_selection`)."""
+        return dense_preacts(x_BD - self.b_dec, *self._rank_major())
+
+    def _uv_mh(self, x_BD: torch.Tensor, uv_BU: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """u [B, m, h], v [B, n, h]: rank-major, so per-head maxima and gathers run along contiguous heads."""
+        uv = (self._uv_flat(x_BD) if uv_BU is None else uv_BU).view(x_BD.shape[0], self.m + self.n, self.h)
+        return uv[:, : self.m], uv[:, self.m :]
+
     def uv(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u [B, h, m], v [B, h, n]."""
-        uv = F.linear(x_BD - self.b_dec, self.W_uv.reshape(-1, self.cfg.d_in), self.b_uv.reshape(-1))
-        uv = uv.view(x_BD.shape[0], self.h, self.m + self.n)
-        return uv[..., : self.m], uv[..., self.m :]
+        u, v = self._uv_mh(x_BD)
+        return u.transpose(1, 2), v.transpose(1, 2)
 
     def preacts(self, x_BD: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             u, v = self.uv(x_BD)
-            return mand(u, v).reshape(x_BD.shape[0], -1)
+            return mand(u.float(), v.float()).reshape(x_BD.shape[0], -1)
 
-    def _at(self, u: torch.Tensor, v: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
+    def _uv_index(self, idx_BK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank-major columns of u_i and v_j for the flat latents idx_BK ((head, i, j) layout)."""
         mn = self.m * self.n
         head, rest = idx_BK // mn, idx_BK % mn
-        u_BK = u.reshape(u.shape[0], -1).gather(1, head * self.m + rest // self.n)
-        v_BK = v.reshape(v.shape[0], -1).gather(1, head * self.n + rest % self.n)
+        return (rest // self.n) * self.h + head, (self.m + rest % self.n) * self.h + head
+
+    def _at(self, uv_BU: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
+        """mAND values of idx_BK read from the rank-major [B, (m+n) h] u, v (no graph)."""
+        iu, iv = self._uv_index(idx_BK)
+        return mand(uv_BU.gather(1, iu).unsqueeze(-1), uv_BU.gather(1, iv).unsqueeze(-1)).reshape(idx_BK.shape)
+
+    def _vals(self, x_BD: torch.Tensor, uv_BU: torch.Tensor, idx_BK: torch.Tensor, exact: bool) -> torch.Tensor:
+        """mAND values of idx_BK, differentiable at O(B k d) backward cost (the sparse gather kernels)."""
+        iu, iv = self._uv_index(idx_BK)
+        W, b = self._rank_major()
+        x_c = x_BD - self.b_dec
+        if plain_torch():
+            uv_BU = F.linear(x_c, W, b)
+            return mand(uv_BU.gather(1, iu).unsqueeze(-1), uv_BU.gather(1, iv).unsqueeze(-1)).reshape(idx_BK.shape)
+        u_BK = gather_preacts(x_c, W, b, uv_BU, iu, exact=exact)
+        v_BK = gather_preacts(x_c, W, b, uv_BU, iv, exact=exact)
         return mand(u_BK.unsqueeze(-1), v_BK.unsqueeze(-1)).reshape(idx_BK.shape)
 
     def preacts_at(
         self, x_BD: torch.Tensor, pre_BF: torch.Tensor | None, idx_BK: torch.Tensor, exact: bool = True
     ) -> torch.Tensor:
-        u, v = self.uv(x_BD)
-        return self._at(u, v, idx_BK)
+        return self._vals(x_BD, self._uv_flat(x_BD), idx_BK, exact)
 
     @torch.no_grad()
-    def select(self, u: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
-        """Exact top-k latent indices [B, k] via the per-head upper bound."""
-        bound_BH = (u.amax(-1).clamp_min(0) * v.amax(-1).clamp_min(0)).sqrt()
-        heads_BJ = bound_BH.topk(min(k, self.h), dim=1, sorted=False).indices
-        u_sel = u.gather(1, heads_BJ.unsqueeze(-1).expand(-1, -1, self.m))
-        v_sel = v.gather(1, heads_BJ.unsqueeze(-1).expand(-1, -1, self.n))
-        z = mand(u_sel, v_sel).reshape(u.shape[0], -1)
-        local = z.topk(k, dim=1, sorted=True).indices
-        mn = self.m * self.n
-        return heads_BJ.gather(1, local // mn) * mn + local % mn
+    def select(self, u_BMH: torch.Tensor, v_BNH: torch.Tensor, k: int) -> torch.Tensor:
+        """Exact top-k latent indices [B, k] via the per-head upper bound, on rank-major u, v.
+
+        Ranked by mAND^2 = relu(u_i) relu(v_j) (same order, no square roots); a head's bound is its largest.
+        The J chosen heads are expanded as [B, m, n, J] (heads innermost: contiguous, no transposes)."""
+        B, m, n = u_BMH.shape[0], self.m, self.n
+        bound_BH = u_BMH.amax(1).clamp_min_(0) * v_BNH.amax(1).clamp_min_(0)
+        J = min(k, self.h)
+        heads_BJ = bound_BH.topk(J, dim=1, sorted=False).indices
+        u_BMJ = u_BMH.gather(2, heads_BJ.unsqueeze(1).expand(-1, m, -1)).clamp_min_(0)
+        v_BNJ = v_BNH.gather(2, heads_BJ.unsqueeze(1).expand(-1, n, -1)).clamp_min_(0)
+        z_BMNJ = u_BMJ.unsqueeze(2) * v_BNJ.unsqueeze(1)
+        local = z_BMNJ.view(B, -1).topk(k, dim=1, sorted=True).indices  # (i * n + j) * J + slot
+        return heads_BJ.gather(1, local % J) * (m * n) + local // J
 
     def encode_sparse(self, x_BD: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        u, v = self.uv(x_BD)
-        idx_BK = self.select(u, v, k or self.cfg.k)
-        return self._at(u, v, idx_BK), idx_BK
+        uv_BU = self._uv_flat(x_BD)
+        idx_BK = self.select(*self._uv_mh(x_BD, uv_BU), k or self.cfg.k)
+        return self._at(uv_BU, idx_BK), idx_BK
 
     def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD=None) -> ForwardOutput:
-        u, v = self.uv(x_BD)
-        idx_BK = self.select(u.detach(), v.detach(), self.cfg.k)
-        vals_BK = self._at(u, v, idx_BK)
+        uv_BU = self._uv_flat(x_BD)  # chooses the latents; the chosen values are recomputed with a sparse graph
+        u, v = self._uv_mh(x_BD, uv_BU.detach())
+        idx_BK = self.select(u, v, self.cfg.k)
+        vals_BK = self._vals(x_BD, uv_BU, idx_BK, exact=True)
         recon_BD = self.decode_sparse(vals_BK, idx_BK)
         terms = {"fvu": fvu_loss(x_BD if target_BD is None else target_BD, recon_BD)}
         return self._with_auxk(x_BD, recon_BD, None, vals_BK, idx_BK, dead_F, terms["fvu"], terms, target_BD)

@@ -58,7 +58,7 @@ def exact_preacts(x_BD, W_FD, b_F, rows_N: torch.Tensor, cols_N: torch.Tensor, c
     with torch.no_grad():
         for i in range(0, len(rows_N), chunk):
             r, c = rows_N[i : i + chunk], cols_N[i : i + chunk]
-            out[i : i + chunk] = torch.einsum("nd,nd->n", x_BD[r], W_FD[c]) + b_F[c]
+            out[i : i + chunk] = torch.einsum("nd,nd->n", x_BD.index_select(0, r), W_FD.index_select(0, c)) + b_F[c]
     return out
 
 

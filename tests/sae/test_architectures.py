@@ -136,6 +136,9 @@ def test_hierarchical_loss_matches_k_reconstructions():
         recon = model.b_dec + torch.stack([vals[b, :j] @ model.W_dec[idx[b, :j]] for b in range(9)])
         levels.append((x - recon).pow(2).sum() / denom)
     torch.testing.assert_close(out.terms["hierarchical"], torch.stack(levels).mean())
+    torch.testing.assert_close(out.recon, recon)  # the full-K level comes out of the same pass
+    with torch.no_grad():  # the evaluation path (the loss alone, no gradients formed) gives the same value
+        torch.testing.assert_close(model(x).terms["hierarchical"], out.terms["hierarchical"].detach())
     # inference at any k <= K is the prefix of the sorted top-K
     z2 = model.encode(x, k=2)
     assert torch.all((z2 > 0).sum(1) <= 2)
@@ -163,8 +166,11 @@ def test_mand_definition():
     torch.testing.assert_close(mand(u, v), ref)
 
 
-def test_kron_pruned_topk_equals_full_search():
-    model = _make("kron", d=10, F=2 * 4 * 16, k=5, kron_m=2, kron_n=4)
+@pytest.mark.parametrize("m, n", [(2, 4), (3, 5)])
+def test_kron_pruned_topk_equals_full_search(m, n):
+    model = _make("kron", d=10, F=m * n * 16, k=5, kron_m=m, kron_n=n)
+    with torch.no_grad():
+        model.b_uv.normal_()  # heads with no positive u or v as well
     x = torch.randn(30, 10)
     pre = model.preacts(x)  # dense mAND over all F latents
     vals, idx = model.encode_sparse(x)
@@ -174,7 +180,7 @@ def test_kron_pruned_topk_equals_full_search():
     # the flat layout is (head, i, j)
     u, v = model.uv(x)
     g, i, j = 3, 1, 2
-    f = (g * 2 + i) * 4 + j
+    f = (g * m + i) * n + j
     torch.testing.assert_close(pre[:, f], mand(u[:, g], v[:, g])[:, i, j])
 
 
