@@ -94,11 +94,15 @@ class KronSAE(SAE):
             u, v = self.uv(x_BD)
             return mand(u.float(), v.float()).reshape(x_BD.shape[0], -1)
 
-    def _uv_index(self, idx_BK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank-major columns of u_i and v_j for the flat latents idx_BK ((head, i, j) layout)."""
+    def _uv_index(self, idx_BK: torch.Tensor, rank_major: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns of u_i and v_j for the flat latents idx_BK ((head, i, j) layout): in the rank-major product,
+        or (rank_major=False) as rows of W_uv viewed as [h (m+n), d]."""
         mn = self.m * self.n
         head, rest = idx_BK // mn, idx_BK % mn
-        return (rest // self.n) * self.h + head, (self.m + rest % self.n) * self.h + head
+        i, j = rest // self.n, self.m + rest % self.n
+        if rank_major:
+            return i * self.h + head, j * self.h + head
+        return head * (self.m + self.n) + i, head * (self.m + self.n) + j
 
     def _at(self, uv_BU: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
         """mAND values of idx_BK read from the rank-major [B, (m+n) h] u, v (no graph)."""
@@ -106,16 +110,19 @@ class KronSAE(SAE):
         return mand(uv_BU.gather(1, iu).unsqueeze(-1), uv_BU.gather(1, iv).unsqueeze(-1)).reshape(idx_BK.shape)
 
     def _vals(self, x_BD: torch.Tensor, uv_BU: torch.Tensor, idx_BK: torch.Tensor, exact: bool) -> torch.Tensor:
-        """mAND values of idx_BK, differentiable at O(B k d) backward cost (the sparse gather kernels)."""
-        iu, iv = self._uv_index(idx_BK)
-        W, b = self._rank_major()
+        """mAND values of idx_BK, differentiable at O(B k d) backward cost: u and v of every chosen latent are
+        re-attached to W_uv's own rows in one sparse gather (no rank-major copy in the graph)."""
+        k = idx_BK.shape[1]
         x_c = x_BD - self.b_dec
+        W, b = self.W_uv.view(-1, self.cfg.d_in), self.b_uv.view(-1)
+        rows_B2K = torch.cat(self._uv_index(idx_BK, rank_major=False), 1)
         if plain_torch():
-            uv_BU = F.linear(x_c, W, b)
-            return mand(uv_BU.gather(1, iu).unsqueeze(-1), uv_BU.gather(1, iv).unsqueeze(-1)).reshape(idx_BK.shape)
-        u_BK = gather_preacts(x_c, W, b, uv_BU, iu, exact=exact)
-        v_BK = gather_preacts(x_c, W, b, uv_BU, iv, exact=exact)
-        return mand(u_BK.unsqueeze(-1), v_BK.unsqueeze(-1)).reshape(idx_BK.shape)
+            uv_B2K = F.linear(x_c, W, b).gather(1, rows_B2K)
+        else:
+            uv_B2K = gather_preacts(
+                x_c, W, b, uv_BU, rows_B2K, exact=exact, pre_idx=torch.cat(self._uv_index(idx_BK), 1)
+            )
+        return mand(uv_B2K[:, :k].unsqueeze(-1), uv_B2K[:, k:].unsqueeze(-1)).reshape(idx_BK.shape)
 
     def preacts_at(
         self, x_BD: torch.Tensor, pre_BF: torch.Tensor | None, idx_BK: torch.Tensor, exact: bool = True

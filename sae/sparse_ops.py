@@ -116,19 +116,23 @@ def gather_preacts(
     idx: torch.Tensor,
     rows_N: torch.Tensor | None = None,
     exact: bool = True,
+    pre_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pre-activations at idx, differentiable w.r.t. x, W and b at sparse cost.
 
     idx is [B, K] (K latents per token) or flat [N] with `rows_N` (sorted token index per entry). Under
-    `bf16_selection`, `exact=False` reads the bf16 values as they are (the auxiliary loss's many entries)."""
+    `bf16_selection`, `exact=False` reads the bf16 values as they are (the auxiliary loss's many entries).
+    `pre_idx` (default idx): where the same entries sit in pre_BF when its columns are ordered differently
+    from W's rows (KronSAE's rank-major product)."""
+    read = idx if pre_idx is None else pre_idx
     if exact and _bf16() and pre_BF.dtype == torch.bfloat16:  # chosen on bf16 values: recompute them exactly
         if idx.dim() == 2:
             rows_N = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
         vals = exact_preacts(x_BD, W_FD, b_F, rows_N, idx.reshape(-1)).view(idx.shape)
     elif idx.dim() == 2:
-        vals = pre_BF.gather(1, idx).to(x_BD.dtype)  # bf16 autocast: keep the rest in fp32
+        vals = pre_BF.gather(1, read).to(x_BD.dtype)  # bf16 autocast: keep the rest in fp32
     else:
-        vals = pre_BF[rows_N, idx].to(x_BD.dtype)
+        vals = pre_BF[rows_N, read].to(x_BD.dtype)
     if plain_torch() or not torch.is_grad_enabled():
         return vals
     if idx.dim() == 2:
