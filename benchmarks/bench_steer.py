@@ -166,6 +166,9 @@ def main() -> None:
         "--attributes", nargs="+", default=[*ALPHAS, *WINDOWED], help="of " + ", ".join([*ALPHAS, *WINDOWED])
     )
     ap.add_argument("--window", type=float, nargs=2, default=[0.6, 1.4], help="T0 T1 s for laughter_window")
+    ap.add_argument(
+        "--alphas", type=float, nargs="+", default=None, help="one α grid for every attribute (default: each its own)"
+    )
     ap.add_argument("--json", default=str(RESULTS / "steer.json"), help="summary JSON (the plot beside it, .png)")
     ap.add_argument("--asr", default="tiny.en", help="Whisper for WER ('' = none: offline content measures only)")
     ap.add_argument(
@@ -183,7 +186,7 @@ def main() -> None:
         cfg = SteerEvalConfig(
             sae=[args.sae],
             attribute=attr.removesuffix("_window"),
-            alphas=[float(x) for x in {**ALPHAS, **WINDOWED}[attr]],
+            alphas=args.alphas or [float(x) for x in {**ALPHAS, **WINDOWED}[attr]],
             window=args.window if attr in WINDOWED else [],
             voices=args.voices,
             texts=args.texts,
