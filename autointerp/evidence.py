@@ -1,6 +1,8 @@
 """What a position shows: its text context (window, word, instruct) and, at speech positions, the
 measures of the 1-second clip centred on it. Utterances are decoded and analysed once each, clips are
-measured once each (cached by utterance and frame)."""
+measured once each (cached by utterance and frame). ASR runs once per utterance, on the whole waveform,
+with word times: a clip's words are those inside its window and its peak words those at its centre (one
+transcription serves every clip of the utterance, and Whisper hears whole words in context)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ LAUGH_TAGS = ("[laughter]", "<laughter>", "<laugh>")
 
 
 class ClipModels:
-    """Optional model-based clip measures: ASR words, AST laughter, wav2vec2 gender (any may be None)."""
+    """Optional model-based measures: ASR words (per utterance), AST laughter and wav2vec2 gender (per clip);
+    any may be None."""
 
     def __init__(self, asr=None, laughter=None, gender=None):
         self.asr, self.laughter, self.gender = asr, laughter, gender
@@ -30,6 +33,7 @@ class ClipModels:
         return any(m is not None for m in (self.asr, self.laughter, self.gender))
 
     def measure(self, clips: list[np.ndarray], sr: int) -> list[dict]:
+        """The per-clip model measures (laughter, P(male)) of each clip."""
         out: list[dict] = [{} for _ in clips]
         if not clips:
             return out
@@ -39,14 +43,19 @@ class ClipModels:
         if self.gender is not None:
             for d, p in zip(out, self.gender.p_male(clips, sr), strict=True):
                 d["p_male"] = float(p)
-        if self.asr is not None:
-            from ttslens.audio.measures.asr import words_at
-
-            for d, clip, words in zip(out, clips, self.asr.transcribe_batch(clips, sr, max_tokens=32), strict=True):
-                centre = len(clip) / sr / 2
-                d["asr"] = " ".join(w.word.strip() for w in words)
-                d["asr_peak"] = " ".join(w.word.strip().lower() for w in words_at(words, centre))
         return out
+
+
+def clip_words(words: list, centre: float, clip_s: float) -> dict:
+    """A clip's ASR fields from its utterance's timed words: `asr`, the words overlapping the clip window
+    [centre - clip_s/2, centre + clip_s/2]; `asr_peak`, the words at the centre (lower case)."""
+    from ttslens.audio.measures.asr import words_at
+
+    lo, hi = centre - clip_s / 2, centre + clip_s / 2
+    return {
+        "asr": " ".join(w.word.strip() for w in words if w.end > lo and w.start < hi),
+        "asr_peak": " ".join(w.word.strip().lower() for w in words_at(words, centre)),
+    }
 
 
 class Evidence:
@@ -59,6 +68,7 @@ class Evidence:
         self._tracks: dict[int, Tracks] = {}
         self._waves: OrderedDict[int, np.ndarray] = OrderedDict()
         self._clips: dict[tuple[int, int], dict] = {}
+        self._words: dict[int, list] = {}
 
     # ---- text side ---------------------------------------------------------------------------
     def _sequence(self, j: int) -> dict:
@@ -138,6 +148,12 @@ class Evidence:
             self._tracks[j] = analyse(self.wave(j), self.bb.sample_rate, self.laughter)
         return self._tracks[j]
 
+    def words(self, j: int) -> list:
+        """ASR words of utterance j, times in the utterance (transcribed once, whole)."""
+        if j not in self._words:
+            self._words[j] = self.models.asr.transcribe(self.wave(j), self.bb.sample_rate)
+        return self._words[j]
+
     def centre(self, idx: int) -> float:
         """Clip centre (s): the middle of the speech token."""
         return float(self.col.time[idx]) + 0.5 / self.bb.token_rate
@@ -161,6 +177,9 @@ class Evidence:
             clips = [self.clip(idx)[0] for idx in todo.values()]
             for k, extra in zip(todo, self.models.measure(clips, self.bb.sample_rate), strict=True):
                 self._clips[k] |= extra
+            if self.models.asr is not None:
+                for k, idx in todo.items():
+                    self._clips[k] |= clip_words(self.words(k[0]), self.centre(idx), self.clip_s)
         return [dict(self._clips[k]) if k else None for k in keys]
 
 

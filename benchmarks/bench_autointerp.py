@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=1000, help="corpus utterances scanned by `ttslens label`")
     ap.add_argument("--truth-items", type=int, default=400, help="utterances for the truth correlations")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--json", default=str(RESULTS / "autointerp.json"), help="summary JSON (the plot beside it, .png)")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -110,7 +112,7 @@ def main() -> None:
             ],
         }
     result = {
-        "command": f"python benchmarks/bench_autointerp.py --sae {args.sae} --out {args.out} --items {args.items}",
+        "command": "python benchmarks/bench_autointerp.py " + " ".join(sys.argv[1:]),
         "sae": info.get("sae"),
         "layer": info["layer"],
         "summary": summary,
@@ -119,9 +121,12 @@ def main() -> None:
         "truth_positions": n_pos,
         "attributes": found,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "autointerp.json").write_text(json.dumps(result, indent=2))
-    plot(list(recs.values()), found, RESULTS / "autointerp.png")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    plot(list(recs.values()), found, out.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("attributes", "wall_s", "features_per_min_total")}, indent=2))
     print(json.dumps({k: summary[k] for k in ("detection_auroc", "detection_auroc_uniform", "modalities")}, indent=2))
 

@@ -267,3 +267,39 @@ def test_label_with_asr_ast_and_gender_models(small_sae, tmp_path, whisper_check
     assert not [n for n in summary["notes"] if "evidence" in n or "P(male)" in n]  # nothing missing
     meas = [e["measures"] for r in read_labels(out) for e in r["examples"] if e.get("measures")]
     assert meas and all("asr" in m and "asr_peak" in m and 0 <= m["laughter"] <= 1 for m in meas)
+
+
+def test_asr_runs_once_per_utterance_and_each_clip_reads_its_window(small_sae, tmp_path, monkeypatch):
+    """ASR evidence comes from one transcription of each whole utterance (not one per clip): a clip's words are
+    those overlapping its window, its peak words those at its centre."""
+    import ttslens.autointerp.job as job
+    from ttslens.audio import load_backbone
+    from ttslens.audio.measures.asr import Word
+    from ttslens.autointerp.evidence import ClipModels, clip_words
+    from ttslens.sae.files import sae_info
+
+    heard: list[bytes] = []
+
+    def timed_words(duration: float) -> list[Word]:  # a word every 0.5 s, off the frame grid
+        return [Word(f"w{i}", 0.5 * i + 0.0137, 0.5 * i + 0.4048, 1.0) for i in range(int(duration / 0.5) + 1)]
+
+    class FakeASR:
+        def transcribe(self, wave, sr, max_tokens=None):
+            heard.append(np.asarray(wave).tobytes())
+            return timed_words(len(wave) / sr)
+
+    monkeypatch.setattr(job, "load_clip_models", lambda cfg, has_detector: ClipModels(asr=FakeASR()))
+    out = tmp_path / "labels"
+    cfg = LabelConfig(
+        sae=str(small_sae), out=str(out), features="0:6", items=40, top=4, quantiles=3, negatives=4, pool=12,
+        progress=False,
+    )  # fmt: skip
+    run_label(cfg)
+    speech = [e for r in read_labels(out) for e in r["examples"] if e.get("measures") and "time" in e]
+    assert speech and heard
+    assert len(heard) == len(set(heard)) <= cfg.items  # each utterance heard once, whole
+    rate = load_backbone(sae_info(small_sae)["backbone"]).token_rate
+    words = timed_words(60.0)
+    for e in speech:
+        want = clip_words(words, e["time"] + 0.5 / rate, 1.0)
+        assert (e["measures"]["asr"], e["measures"]["asr_peak"]) == (want["asr"], want["asr_peak"])
