@@ -61,8 +61,10 @@ def clip_words(words: list, centre: float, clip_s: float) -> dict:
 class Evidence:
     """Evidence for positions of a `Collection` (indices into its position table)."""
 
-    def __init__(self, backbone, items: list, col: Collection, clip_s: float = 1.0, laughter=None, models=None):
-        self.bb, self.items, self.col, self.clip_s = backbone, items, col, clip_s
+    def __init__(
+        self, backbone, items: list, col: Collection, clip_s: float = 1.0, laughter=None, models=None, progress=False
+    ):
+        self.bb, self.items, self.col, self.clip_s, self.progress = backbone, items, col, clip_s, progress
         self.laughter, self.models = laughter, models or ClipModels()
         self._seq: dict[int, dict] = {}
         self._tracks: dict[int, Tracks] = {}
@@ -171,15 +173,25 @@ class Evidence:
         for k, idx in zip(keys, idxs, strict=True):
             if k and k not in self._clips:
                 todo.setdefault(k, idx)
+        asr = self.models.asr is not None
+        # each utterance's audio is decoded once for its frame tracks and its transcript together
+        new = sorted({k[0] for k in todo if k[0] not in self._tracks or (asr and k[0] not in self._words)})
+        if self.progress and len(new) > 8:  # a long first pass (e.g. the random pool): show it
+            from tqdm.auto import tqdm
+
+            new = tqdm(new, desc="analyse utterances" + (" (ASR)" if asr else ""), unit="utt", leave=False)
+        for j in new:
+            self.tracks(j)
+            if asr:
+                self.words(j)
         for k, idx in todo.items():
             self._clips[k] = clip_measures(self.tracks(k[0]), self.centre(idx), self.clip_s)
-        if self.models and todo:
+            if asr:
+                self._clips[k] |= clip_words(self.words(k[0]), self.centre(idx), self.clip_s)
+        if (self.models.laughter is not None or self.models.gender is not None) and todo:  # per-clip models
             clips = [self.clip(idx)[0] for idx in todo.values()]
             for k, extra in zip(todo, self.models.measure(clips, self.bb.sample_rate), strict=True):
                 self._clips[k] |= extra
-            if self.models.asr is not None:
-                for k, idx in todo.items():
-                    self._clips[k] |= clip_words(self.words(k[0]), self.centre(idx), self.clip_s)
         return [dict(self._clips[k]) if k else None for k in keys]
 
 

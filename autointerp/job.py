@@ -200,7 +200,7 @@ class Job:
         detector = laughter_detector_for(self.bb)
         self.models = load_clip_models(c, detector is not None)
         self.models_used = clip_models_used(c, self.models, detector is not None)
-        self.ev = Evidence(self.bb, self.items, self.col, c.clip_s, detector, self.models)
+        self.ev = Evidence(self.bb, self.items, self.col, c.clip_s, detector, self.models, c.progress)
         self.asr = self.models.asr is not None
         self.labeler = make_labeler(c, self.out)
         self.pool = NegativePool.measure(self.col, self.ev, c.pool)
