@@ -20,6 +20,7 @@ from ttslens.sae.activations import MODALITIES, SPEECH, TEXT
 
 _WORD = re.compile(r"[a-z0-9']+")
 LAUGH_TAGS = ("[laughter]", "<laughter>", "<laugh>")
+CONTEXT_CHARS = 4  # text context kept per position for the context hypotheses (autointerp/labelers.py)
 
 
 class ClipModels:
@@ -117,6 +118,7 @@ class Evidence:
             "instruct_words": s["instruct_words"],
             "instruct": bool(s["instruct"][p]),
             "word": "",
+            "before": "",
             "word_initial": False,
             "word_final": False,
         }
@@ -129,6 +131,7 @@ class Evidence:
         a, b = s["spans"][p]
         line = s["line"]
         ctx["window"] = (line[max(0, a - 32) : a] + "«" + line[a:b] + "»" + line[b : b + 8]).replace("\n", " ")
+        ctx["before"] = line[max(0, a - CONTEXT_CHARS) : a]  # the text just before this token
         for m in _WORD.finditer(line):
             if m.start() <= a < m.end() or (a < m.end() and b > m.start()):
                 ctx |= {"word": m.group(), "word_initial": a == m.start(), "word_final": b >= m.end()}

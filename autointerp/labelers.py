@@ -44,6 +44,7 @@ MEASURE_LABELS = {
 }
 MODALITY_BONUS = 0.02  # prefer evidence of the feature's own modality on near-ties
 TOKEN_PENALTY = 0.05  # prefer an audio description to bare speech-token ids unless the ids are clearly better
+SET_PENALTY = 0.01  # per extra member of a token / context set: the simpler description wins a near-tie
 MAX_SET = 4  # a token hypothesis may grow to a set of this many tokens
 TIE = 0.03  # within this of the best score, an attribute-level audio measure wins
 ATTRIBUTES = ("laughter", "p_male", "syllable_rate")
@@ -53,8 +54,8 @@ CONFIDENT_AUROC = 0.75  # below this (on the selection examples) a label is mark
 
 class Hypothesis(NamedTuple):
     kind: (
-        str  # token | word | instruct | word_initial | word_final | punct | text_laugh | instruct_word | measure | asr
-        # | none (nothing separates the examples)
+        str  # token | word | context | after | instruct | word_initial | word_final | punct | text_laugh
+        # | instruct_word | measure | asr | none (nothing separates the examples)
     )
     arg: str | tuple[str, ...]
     sign: int
@@ -63,7 +64,8 @@ class Hypothesis(NamedTuple):
 
     @property
     def key(self) -> str:
-        arg = "|".join(self.arg) if isinstance(self.arg, tuple) else self.arg
+        parts = self.arg if isinstance(self.arg, tuple) else (self.arg,)
+        arg = "|".join("»".join(a) if isinstance(a, tuple) else a for a in parts)
         return f"{self.side}:{self.kind}:{arg}:{'+' if self.sign > 0 else '-'}"
 
     def value(self, ctx: dict, meas: dict | None) -> float:
@@ -76,6 +78,11 @@ class Hypothesis(NamedTuple):
             return float(ctx["token"] in self.arg)
         if k == "word":
             return float(ctx["word"] == self.arg)
+        if k in ("context", "after"):  # (the text before, the token): the token in context / after a context
+            if ctx["modality"] == "speech":
+                return 0.0
+            before = ctx.get("before", "")
+            return float(any(before.endswith(b) and (k == "after" or ctx["token"] == t) for b, t in self.arg))
         if k in ("instruct", "word_initial", "word_final", "text_laugh"):
             return float(bool(ctx[k]))
         if k == "punct":
@@ -114,6 +121,28 @@ def _token_label(toks: tuple[str, ...], speech: bool) -> str:
     return f"the {kind}{'s' if len(toks) > 1 else ''} " + " or ".join(names)
 
 
+def _context_label(kind: str, args: tuple[tuple[str, str], ...]) -> str:
+    def q(x: str) -> str:
+        return "'" + x.replace(" ", "␣") + "'"
+
+    if kind == "after":
+        lead = "a character after " if len(args) == 1 else "a character after any of "
+        return lead + ", ".join(q(b) for b, _ in args)
+    return f"the {'character' if all(len(t) == 1 for _, t in args) else 'token'} " + " or ".join(
+        f"{q(t)} after {q(b)}" for b, t in args
+    )
+
+
+def _contexts(ctx: dict) -> list[tuple[str, tuple[str, str]]]:
+    """The (kind, (text before, token)) context keys of a text position: the token after its last 1-3
+    characters, and any token after them."""
+    before = ctx.get("before", "")
+    keys = []
+    for n in range(1, min(len(before), 3) + 1):
+        keys += [("context", (before[-n:], ctx["token"])), ("after", (before[-n:], ""))]
+    return keys
+
+
 def hypotheses(top: list[tuple[dict, dict | None]], asr: bool) -> list[Hypothesis]:
     """Candidate hypotheses suggested by the top activations."""
     texts = [c for c, _ in top if c["modality"] != "speech"]
@@ -130,6 +159,9 @@ def hypotheses(top: list[tuple[dict, dict | None]], asr: bool) -> list[Hypothesi
             out.append(
                 Hypothesis("word", w, 1, "text", f"the word '{w}'" + (" in the instruct" if in_instruct else ""))
             )
+    for (kind, arg), n in Counter(key for c in texts for key in _contexts(c)).items():
+        if n >= MIN_SUPPORT:
+            out.append(Hypothesis(kind, (arg,), 1, "text", _context_label(kind, (arg,))))
     for w, n in Counter(w for c, _ in top for w in c["instruct_words"]).items():
         if n >= MIN_SUPPORT:
             out.append(Hypothesis("instruct_word", w, 1, "text", f"instruct says '{w}'"))
@@ -160,14 +192,21 @@ def _fit(h: Hypothesis, pos, neg) -> float:
 
 
 def _grow(h: Hypothesis, a: float, pos, neg) -> tuple[Hypothesis, float]:
-    """Add the top activations' next most common tokens of the same side while they raise the AUROC."""
+    """Add the top activations' next most common tokens (or contexts of the same kind and length) of the
+    same side while they raise the AUROC."""
     speech = h.side == "speech"
-    counts = Counter(c["token"] for c, m in pos if (m is not None) == speech and c["token"] not in h.arg)
+    if h.kind == "token":
+        counts = Counter(c["token"] for c, m in pos if (m is not None) == speech and c["token"] not in h.arg)
+    else:
+        size = len(h.arg[0][0])
+        keys = (arg for c, m in pos if m is None for kind, arg in _contexts(c) if kind == h.kind)
+        counts = Counter(arg for arg in keys if len(arg[0]) == size and arg not in h.arg)
     for t, n in counts.most_common():
         if len(h.arg) >= MAX_SET or n < MIN_SUPPORT:
             break
         toks = (*h.arg, t)
-        cand = h._replace(arg=toks, label=_token_label(toks, speech))
+        label = _token_label(toks, speech) if h.kind == "token" else _context_label(h.kind, toks)
+        cand = h._replace(arg=toks, label=label)
         b = _fit(cand, pos, neg)
         if b > a + 0.01:
             h, a = cand, b
@@ -181,11 +220,13 @@ def choose(hyps: list[Hypothesis], pos, neg, modality: str) -> Choice:
         a = _fit(h, pos, neg)
         if math.isnan(a):
             continue
-        if h.kind == "token":
+        if h.kind in ("token", "context", "after"):
             h, a = _grow(h, a, pos, neg)
         bonus = MODALITY_BONUS if h.side == modality else 0.0
         if h.kind == "token" and h.side == "speech":
             bonus -= TOKEN_PENALTY
+        if h.kind in ("token", "context", "after"):
+            bonus -= SET_PENALTY * (len(h.arg) - 1)
         scored.append((a + bonus, a, h))
     scored.sort(key=lambda s: -s[0])
     if not scored:  # no hypothesis has an AUROC here (too few or constant examples): say so, unclear

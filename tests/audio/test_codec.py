@@ -118,3 +118,27 @@ def test_corrupt_codec_is_a_clear_error(codec, tmp_path, damage):
     with pytest.raises(ValueError, match="ttslens demo build") as err:
         Codec.load(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_decoder_smooths_frame_to_frame_jitter(codec):
+    """Tokens that flip between a vowel frame and a noise frame every mel frame: with the decoder's smoothing
+    (the default, 3 frames) the decoded audio's log-mel jitters less from frame to frame than without it."""
+    from dataclasses import replace
+
+    vowel_t, noise_t = codec.encode(utterance(220.0, seed=102))[[10, 35]]  # inside the vowel / the noise burst
+    cfg = codec.config
+    flip = np.stack([vowel_t if i % 2 else noise_t for i in range(40)])
+    plain = Codec(replace(cfg, smooth_frames=1), codec.centroids)
+    assert cfg.smooth_frames == 3
+
+    def jitter(wave: np.ndarray) -> float:
+        mel = codec.log_mel(wave)[2:-2]
+        return float(np.abs(np.diff(mel, axis=0)).mean())
+
+    assert jitter(codec.decode(flip)) < 0.85 * jitter(plain.decode(flip))  # 0.75 here
+    steady = np.repeat(vowel_t[None], 20, axis=0)  # a steady sound is not changed in the middle
+    a, b = codec.decode(steady), plain.decode(steady)
+    assert np.abs(codec.log_mel(a)[5:-5] - codec.log_mel(b)[5:-5]).mean() < 1.0
+    for bad in (0, 2):
+        with pytest.raises(ValueError, match="smooth_frames"):
+            CodecConfig(smooth_frames=bad)

@@ -58,7 +58,7 @@ def test_label_writes_records_clips_report_and_export(small_sae, tmp_path, capsy
             if ex.get("clip"):
                 wave, sr = sf.read(out / ex["clip"])
                 assert sr == 16000 and len(wave) == 16000  # 1 s, padded at edges
-    assert any(r["scores"]["detection_auroc"] is not None for r in recs)
+    assert any(r["scores"].get("detection_auroc") is not None for r in recs)
     speech = [r for r in recs if r["modality"] == "speech"]
     assert speech and any(e.get("clip") for r in speech for e in r["examples"])
     assert set(summary["detection_auroc"]) == {"text", "speech", "mixed", "all"}
@@ -286,7 +286,7 @@ def test_asr_runs_once_per_utterance_and_each_clip_reads_its_window(small_sae, t
     class FakeASR:
         def transcribe(self, wave, sr, max_tokens=None):
             heard.append(np.asarray(wave).tobytes())
-            return timed_words(len(wave) / sr)
+            return timed_words(60.0)  # whatever its length, so the words a clip should read need no duration
 
     monkeypatch.setattr(job, "load_clip_models", lambda cfg, has_detector: ClipModels(asr=FakeASR()))
     out = tmp_path / "labels"

@@ -54,10 +54,11 @@ def _speech(laughter: float, p_male: float, rate: float, t: float = 1.0) -> tupl
     return ctx, meas
 
 
-def _text(token: str, word: str, instruct: bool = False) -> tuple[dict, None]:
+def _text(token: str, word: str, instruct: bool = False, before: str = "") -> tuple[dict, None]:
     ctx = {
         "modality": "text",
         "token": token,
+        "before": before,
         "word": word,
         "instruct": instruct,
         "word_initial": False,
@@ -97,6 +98,27 @@ def test_text_feature_gets_its_word_and_unrelated_top_is_unclear():
     noise = [_speech(rng.uniform(0, 0.1), rng.uniform(0, 1), rng.uniform(2, 6)) for _ in range(60)]
     lab = EvidenceLabeler().label(4, noise[:20], noise[20:40], "speech", asr=False)
     assert not lab["confident"] and lab["label"].startswith("unclear")
+
+
+def test_character_feature_is_named_by_its_context():
+    """'h' only after 't' (the bigram), and any character after 'qu': neither a token nor a word says it."""
+    rng = np.random.default_rng(0)
+    words = ["the", "other", "with", "that", "ship", "hand", "ahead", "quit", "quest", "squad", "bus", "run"]
+
+    def at(word: str, i: int) -> tuple[dict, None]:
+        return _text(word[i], word, before=(" " + word[:i])[-4:])
+
+    th = [at(w, i) for w in words for i in range(1, len(w)) if w[i - 1 : i + 1] == "th"]
+    other = [at(w, i) for w in words for i in range(len(w)) if w[max(i - 1, 0) : i + 1] != "th"]
+    neg = [other[j] for j in rng.choice(len(other), 20)]
+    lab = EvidenceLabeler().label(0, th * 3, neg, "text", asr=False)
+    assert lab["label"] == "the character 'h' after 't'" and lab["confident"]
+    assert EvidenceLabeler().score(0, lab, th, other) == 1.0
+    qu = [at(w, 2) for w in ("quit", "quest", "quiz")] + [at("squad", 3)]
+    rest = [c for c in other if not c[0]["before"].endswith("qu")]
+    lab = EvidenceLabeler().label(1, qu * 2, rest, "text", asr=False)
+    assert lab["label"] == "a character after 'qu'" and lab["confident"], lab
+    assert EvidenceLabeler().score(1, lab, qu, rest) == 1.0
 
 
 def test_audio_hypotheses_rank_text_positions_last():
