@@ -9,7 +9,8 @@ A token frame is therefore `[T, C]` codes, C = stages × mel_per_frame, ordered 
 gain, then the finer stages): the coarse codes of the whole frame come first, in the order the demo LM
 predicts them.
 
-The decoder sums the centroids back into a log-mel spectrogram, maps it to a linear magnitude spectrum with
+The decoder sums the centroids back into a log-mel spectrogram, smooths it over 3 mel frames (sampled codes
+jitter from frame to frame), maps it to a linear magnitude spectrum with
 the mel filterbank's pseudo-inverse and runs Griffin-Lim (a fixed phase seed, so decoding is deterministic).
 No pitch tracker: pitch lives in the harmonic pattern of the mel bands, as in real mel-based codecs.
 Output is float32 with exactly T * hop samples.
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import librosa
 import numpy as np
-from scipy.ndimage import convolve1d
 import torch
 from safetensors.numpy import load_file, save_file
+from scipy.ndimage import convolve1d
 from tqdm import tqdm
 
 from ttslens.sae.errors import BadInput
