@@ -23,6 +23,20 @@ LAUGH_TAGS = ("[laughter]", "<laughter>", "<laugh>")
 CONTEXT_CHARS = 4  # text context kept per position for the context hypotheses (autointerp/labelers.py)
 
 
+def _speech_before(toks: list[str], mod: torch.Tensor, p: int) -> tuple[str, ...]:
+    """The speech tokens before position p, repeats collapsed, without p's own run: the last CONTEXT_CHARS - 1
+    distinct sounds before this one (a demo frame repeats its phoneme while the phoneme lasts)."""
+    out: list[str] = []
+    i = p - 1
+    while i >= 0 and int(mod[i]) == SPEECH and toks[i] == toks[p]:
+        i -= 1
+    while i >= 0 and int(mod[i]) == SPEECH and len(out) < CONTEXT_CHARS - 1:
+        if not out or toks[i] != out[0]:
+            out.insert(0, toks[i])
+        i -= 1
+    return tuple(out)
+
+
 class ClipModels:
     """Optional model-based measures: ASR words (per utterance), AST laughter and wav2vec2 gender (per clip);
     any may be None."""
@@ -123,6 +137,7 @@ class Evidence:
             "word_final": False,
         }
         if mod == SPEECH:
+            ctx["before"] = _speech_before(s["toks"], s["mod"], p)
             t = float(c.time[idx])
             dur = s["n_speech"] / self.bb.token_rate
             ctx |= {"time": round(t, 3), "t_start": t, "t_end": dur - t - 1 / self.bb.token_rate}

@@ -52,6 +52,14 @@ MIN_SUPPORT = 2  # a token / word must occur at this many top activations to bec
 CONFIDENT_AUROC = 0.75  # below this (on the selection examples) a label is marked unclear
 
 
+def _arg_text(a: str | tuple) -> str:
+    """A hypothesis argument as key text: a token, or a context pair as `before»token`."""
+    if isinstance(a, str):
+        return a
+    before, tok = a
+    return (" ".join(before) if isinstance(before, tuple) else before) + "»" + tok
+
+
 class Hypothesis(NamedTuple):
     kind: (
         str  # token | word | context | after | instruct | word_initial | word_final | punct | text_laugh
@@ -65,7 +73,7 @@ class Hypothesis(NamedTuple):
     @property
     def key(self) -> str:
         parts = self.arg if isinstance(self.arg, tuple) else (self.arg,)
-        arg = "|".join("»".join(a) if isinstance(a, tuple) else a for a in parts)
+        arg = "|".join(map(_arg_text, parts))
         return f"{self.side}:{self.kind}:{arg}:{'+' if self.sign > 0 else '-'}"
 
     def value(self, ctx: dict, meas: dict | None) -> float:
@@ -78,11 +86,12 @@ class Hypothesis(NamedTuple):
             return float(ctx["token"] in self.arg)
         if k == "word":
             return float(ctx["word"] == self.arg)
-        if k in ("context", "after"):  # (the text before, the token): the token in context / after a context
-            if ctx["modality"] == "speech":
-                return 0.0
+        if k in ("context", "after"):  # (what came before, the token): the token in context / after a context
+            if (ctx["modality"] == "speech") != (self.side == "speech"):
+                return -math.inf if self.side == "speech" else 0.0
             before = ctx.get("before", "")
-            return float(any(before.endswith(b) and (k == "after" or ctx["token"] == t) for b, t in self.arg))
+            hit = (before[-len(b) :] == b and (k == "after" or ctx["token"] == t) for b, t in self.arg)
+            return float(any(hit))
         if k in ("instruct", "word_initial", "word_final", "text_laugh"):
             return float(bool(ctx[k]))
         if k == "punct":
@@ -121,21 +130,21 @@ def _token_label(toks: tuple[str, ...], speech: bool) -> str:
     return f"the {kind}{'s' if len(toks) > 1 else ''} " + " or ".join(names)
 
 
-def _context_label(kind: str, args: tuple[tuple[str, str], ...]) -> str:
-    def q(x: str) -> str:
-        return "'" + x.replace(" ", "␣") + "'"
+def _context_label(kind: str, args: tuple[tuple, ...], speech: bool) -> str:
+    """Text: `the character 'h' after 't'`; speech (tokens, repeats collapsed): `speech token /n/ after /a/`."""
 
+    def q(x) -> str:  # a token, or what came before it (a string of text, a tuple of speech tokens)
+        return " ".join(x) if isinstance(x, tuple) else x if speech else "'" + x.replace(" ", "␣") + "'"
+
+    what = "speech token" if speech else "character" if all(len(t) <= 1 for _, t in args) else "token"
     if kind == "after":
-        lead = "a character after " if len(args) == 1 else "a character after any of "
-        return lead + ", ".join(q(b) for b, _ in args)
-    return f"the {'character' if all(len(t) == 1 for _, t in args) else 'token'} " + " or ".join(
-        f"{q(t)} after {q(b)}" for b, t in args
-    )
+        return f"a {what} after {'' if len(args) == 1 else 'any of '}" + ", ".join(q(b) for b, _ in args)
+    return ("" if speech else "the ") + f"{what} " + " or ".join(f"{q(t)} after {q(b)}" for b, t in args)
 
 
-def _contexts(ctx: dict) -> list[tuple[str, tuple[str, str]]]:
-    """The (kind, (text before, token)) context keys of a text position: the token after its last 1-3
-    characters, and any token after them."""
+def _contexts(ctx: dict) -> list[tuple[str, tuple]]:
+    """The (kind, (what came before, token)) context keys of a position: the token after its last 1-3
+    characters (text) or distinct speech tokens (speech), and any token after them."""
     before = ctx.get("before", "")
     keys = []
     for n in range(1, min(len(before), 3) + 1):
@@ -159,9 +168,10 @@ def hypotheses(top: list[tuple[dict, dict | None]], asr: bool) -> list[Hypothesi
             out.append(
                 Hypothesis("word", w, 1, "text", f"the word '{w}'" + (" in the instruct" if in_instruct else ""))
             )
-    for (kind, arg), n in Counter(key for c in texts for key in _contexts(c)).items():
-        if n >= MIN_SUPPORT:
-            out.append(Hypothesis(kind, (arg,), 1, "text", _context_label(kind, (arg,))))
+    for side, group in (("text", texts), ("speech", [c for c, m in top if m is not None])):
+        for (kind, arg), n in Counter(key for c in group for key in _contexts(c)).items():
+            if n >= MIN_SUPPORT:
+                out.append(Hypothesis(kind, (arg,), 1, side, _context_label(kind, (arg,), side == "speech")))
     for w, n in Counter(w for c, _ in top for w in c["instruct_words"]).items():
         if n >= MIN_SUPPORT:
             out.append(Hypothesis("instruct_word", w, 1, "text", f"instruct says '{w}'"))
@@ -199,13 +209,13 @@ def _grow(h: Hypothesis, a: float, pos, neg) -> tuple[Hypothesis, float]:
         counts = Counter(c["token"] for c, m in pos if (m is not None) == speech and c["token"] not in h.arg)
     else:
         size = len(h.arg[0][0])
-        keys = (arg for c, m in pos if m is None for kind, arg in _contexts(c) if kind == h.kind)
+        keys = (arg for c, m in pos if (m is not None) == speech for kind, arg in _contexts(c) if kind == h.kind)
         counts = Counter(arg for arg in keys if len(arg[0]) == size and arg not in h.arg)
     for t, n in counts.most_common():
         if len(h.arg) >= MAX_SET or n < MIN_SUPPORT:
             break
         toks = (*h.arg, t)
-        label = _token_label(toks, speech) if h.kind == "token" else _context_label(h.kind, toks)
+        label = _token_label(toks, speech) if h.kind == "token" else _context_label(h.kind, toks, speech)
         cand = h._replace(arg=toks, label=label)
         b = _fit(cand, pos, neg)
         if b > a + 0.01:
@@ -223,7 +233,7 @@ def choose(hyps: list[Hypothesis], pos, neg, modality: str) -> Choice:
         if h.kind in ("token", "context", "after"):
             h, a = _grow(h, a, pos, neg)
         bonus = MODALITY_BONUS if h.side == modality else 0.0
-        if h.kind == "token" and h.side == "speech":
+        if h.kind in ("token", "context", "after") and h.side == "speech":
             bonus -= TOKEN_PENALTY
         if h.kind in ("token", "context", "after"):
             bonus -= SET_PENALTY * (len(h.arg) - 1)
@@ -239,7 +249,7 @@ def choose(hyps: list[Hypothesis], pos, neg, modality: str) -> Choice:
     if band:
         best = band[0]
     h = best[2]
-    if h.kind == "token" and h.side == "speech":  # say what the tokens sound like, if anything does
+    if h.kind in ("token", "context", "after") and h.side == "speech":  # say what they sound like, if anything does
         audio = [(a, g) for _, a, g in scored if g.kind == "measure" and a >= 0.7]
         if audio:
             h = h._replace(label=f"{h.label} ({audio[0][1].label})")

@@ -121,6 +121,29 @@ def test_character_feature_is_named_by_its_context():
     assert EvidenceLabeler().score(1, lab, qu, rest) == 1.0
 
 
+def test_speech_context_collapses_repeats_and_names_a_transition():
+    """A speech position's context is the distinct sounds before its own run; a feature on /n/ right after
+    /a/ is named by that transition, which neither token alone explains."""
+    import torch
+
+    from ttslens.autointerp.evidence import _speech_before
+    from ttslens.sae.activations import SPEECH, TEXT
+
+    toks = ["h", "i", "/a/", "/a/", "/n/", "/n/", "/d/", "/a/"]
+    mod = torch.tensor([TEXT] * 2 + [SPEECH] * 6)
+    assert _speech_before(toks, mod, 5) == ("/a/",) and _speech_before(toks, mod, 2) == ()
+    assert _speech_before(toks, mod, 7) == ("/a/", "/n/", "/d/")
+
+    def frame(tok: str, before: tuple[str, ...]) -> tuple[dict, dict]:
+        ctx, meas = _speech(0.02, 0.5, 4.0)
+        return ctx | {"token": tok, "before": before}, meas
+
+    top = [frame("/n/", ("/i/", "/a/")), frame("/n/", ("/o/", "/a/"))] * 6
+    neg = [frame("/n/", ("/a/", "/i/")), frame("/n/", ("/a/", "/o/")), frame("/d/", ("/a/",)), frame("/a/", ("/n/",))]
+    lab = EvidenceLabeler().label(0, top, neg * 4, "speech", asr=False)
+    assert lab["label"].startswith("speech token /n/ after /a/") and lab["confident"], lab
+
+
 def test_audio_hypotheses_rank_text_positions_last():
     h = Hypothesis("measure", "laughter", 1, "speech", "laughter")
     v = predict(h, [_speech(0.1, 0.5, 4), _text("a", "x"), _speech(float("nan"), 0.5, 4)])
