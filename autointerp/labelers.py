@@ -42,6 +42,7 @@ MEASURE_LABELS = {
     ("t_start", -1): "speech onset (the first second)",
     ("t_end", -1): "end of speech (the last second)",
 }
+TEXT_POSITION = {-1: "the start of the text (its first characters)", 1: "late in the text"}
 MODALITY_BONUS = 0.02  # prefer evidence of the feature's own modality on near-ties
 TOKEN_PENALTY = 0.05  # prefer an audio description to bare speech-token ids unless the ids are clearly better
 SET_PENALTY = 0.01  # per extra member of a token / context set: the simpler description wins a near-tie
@@ -63,7 +64,7 @@ def _arg_text(a: str | tuple) -> str:
 class Hypothesis(NamedTuple):
     kind: (
         str  # token | word | context | after | instruct | word_initial | word_final | punct | text_laugh
-        # | instruct_word | measure | asr | none (nothing separates the examples)
+        # | text_pos | instruct_word | measure | asr | none (nothing separates the examples)
     )
     arg: str | tuple[str, ...]
     sign: int
@@ -92,6 +93,8 @@ class Hypothesis(NamedTuple):
             before = ctx.get("before", "")
             hit = (before[-len(b) :] == b and (k == "after" or ctx["token"] == t) for b, t in self.arg)
             return float(any(hit))
+        if k == "text_pos":  # the position in the sequence, of text positions only
+            return -math.inf if ctx["modality"] == "speech" else self.sign * float(ctx["pos"])
         if k in ("instruct", "word_initial", "word_final", "text_laugh"):
             return float(bool(ctx[k]))
         if k == "punct":
@@ -181,6 +184,7 @@ def hypotheses(top: list[tuple[dict, dict | None]], asr: bool) -> list[Hypothesi
         Hypothesis("word_final", "", 1, "text", "the last letter of a word"),
         Hypothesis("punct", "", 1, "text", "punctuation"),
         Hypothesis("text_laugh", "", 1, "text", "text with a [laughter] tag"),
+        *(Hypothesis("text_pos", "", sign, "text", label) for sign, label in TEXT_POSITION.items()),
     ]
     if any(m is not None for _, m in top):
         out += [Hypothesis("measure", a, s, "speech", lab) for (a, s), lab in MEASURE_LABELS.items()]

@@ -91,8 +91,9 @@ def feature_record(job: Job, f: int) -> dict:
 
 # ---- examples ------------------------------------------------------------------------------------------
 def top_activations(job: Job, f: int) -> tuple[list[int], list[float], float]:
-    """Top activations spread over utterances (speech positions at least half a clip apart), and the
-    speech share of the raw top-`top` (the modality vote)."""
+    """Top activations spread over utterances (speech positions at least half a clip apart; a text position
+    whose position and activation another top one has — the same prefix, as at the start of every text —
+    only once), and the speech share of the raw top-`top` (the modality vote)."""
     col, c = job.col, job.cfg
     valid = col.top_idx[f] >= 0
     idx, acts = col.top_idx[f][valid].tolist(), col.top_act[f][valid].tolist()
@@ -102,11 +103,15 @@ def top_activations(job: Job, f: int) -> tuple[list[int], list[float], float]:
     keep: list[int] = []
     vals: list[float] = []
     taken: dict[int, list[int]] = {}
+    prefixes: set[tuple[int, float]] = set()
     for i, a in zip(idx, acts, strict=True):
         j, p = int(col.item_of[i]), int(col.pos[i])
-        near = gap if int(col.modality[i]) == SPEECH else 1
-        if any(abs(p - q) < near for q in taken.get(j, [])):
+        speech = int(col.modality[i]) == SPEECH
+        near = gap if speech else 1
+        if any(abs(p - q) < near for q in taken.get(j, [])) or (not speech and (p, a) in prefixes):
             continue
+        if not speech:
+            prefixes.add((p, a))
         taken.setdefault(j, []).append(p)
         keep.append(i)
         vals.append(a)

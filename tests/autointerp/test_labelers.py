@@ -54,9 +54,10 @@ def _speech(laughter: float, p_male: float, rate: float, t: float = 1.0) -> tupl
     return ctx, meas
 
 
-def _text(token: str, word: str, instruct: bool = False, before: str = "") -> tuple[dict, None]:
+def _text(token: str, word: str, instruct: bool = False, before: str = "", pos: int = 20) -> tuple[dict, None]:
     ctx = {
         "modality": "text",
+        "pos": pos,
         "token": token,
         "before": before,
         "word": word,
@@ -144,6 +145,45 @@ def test_speech_context_collapses_repeats_and_names_a_transition():
     assert lab["label"].startswith("speech token /n/ after /a/") and lab["confident"], lab
 
 
+def test_start_of_text_feature_is_named_by_position():
+    """A feature on the first characters of every text, whatever they are (no token, word or context says it)."""
+    rng = np.random.default_rng(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def at(pos: int) -> tuple[dict, None]:
+        t = letters[rng.integers(26)]
+        return _text(t, t + "x", before=letters[rng.integers(26)], pos=pos)
+
+    top = [at(int(p)) for p in rng.integers(1, 4, 20)]
+    neg = [at(int(p)) for p in rng.integers(4, 60, 40)]
+    lab = EvidenceLabeler().label(0, top, neg[:20], "text", asr=False)
+    assert lab["label"] == "the start of the text (its first characters)" and lab["confident"], lab
+    assert EvidenceLabeler().score(0, lab, [at(int(p)) for p in rng.integers(1, 6, 20)], neg[20:]) > 0.95
+
+
+def test_top_activations_keep_one_of_each_identical_prefix():
+    """Causal: the same text prefix gives the same activation at the same position in every utterance; the
+    labeler sees it once, and the next distinct contexts instead."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ttslens.autointerp.record import top_activations
+    from ttslens.sae.activations import SPEECH, TEXT
+
+    # positions 0-5: the same prefix (pos 3, act 4.0) in six items; 6-7: other text; 8-9: speech, 1 frame apart
+    item_of = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 8])
+    pos = torch.tensor([3, 3, 3, 3, 3, 3, 9, 3, 40, 41])
+    mod = torch.tensor([TEXT] * 8 + [SPEECH] * 2)
+    acts = [4.0] * 6 + [3.0, 2.5, 2.0, 1.9]
+    col = SimpleNamespace(
+        top_idx=torch.arange(10)[None], top_act=torch.tensor(acts)[None], modality=mod, item_of=item_of, pos=pos
+    )
+    job = SimpleNamespace(col=col, cfg=SimpleNamespace(top=10, clip_s=1.0), bb=SimpleNamespace(token_rate=25))
+    keep, vals, share = top_activations(job, 0)
+    assert keep == [0, 6, 7, 8] and vals == [4.0, 3.0, 2.5, 2.0] and share == pytest.approx(0.2)
+
+
 def test_audio_hypotheses_rank_text_positions_last():
     h = Hypothesis("measure", "laughter", 1, "speech", "laughter")
     v = predict(h, [_speech(0.1, 0.5, 4), _text("a", "x"), _speech(float("nan"), 0.5, 4)])
@@ -174,7 +214,7 @@ def test_summary_table_per_modality():
 def test_choose_says_unclear_when_no_hypothesis_has_an_auroc():
     from ttslens.autointerp.labelers import EvidenceLabeler, choose
 
-    ctx = {"modality": "text", "token": "a", "word": "", "instruct": False, "instruct_words": []}
+    ctx = {"modality": "text", "pos": 1, "token": "a", "word": "", "instruct": False, "instruct_words": []}
     ctx |= {"word_initial": False, "word_final": False, "text_laugh": False, "window": "a"}
     c = choose([], [(ctx, None)], [], "text")
     assert c.hypothesis.kind == "none" and c.selection_auroc == 0.5
