@@ -40,8 +40,12 @@ def feature_record(job: Job, f: int) -> dict:
             "examples": [],
         }
     ranked_i, ranked_a, share = top_activations(job, f)
-    top_i, top_a = ranked_i[: c.top], ranked_a[: c.top]
     modality = "speech" if share >= c.speech_share else "text" if share <= c.text_share else "mixed"
+    # the label is chosen on top examples of the feature's modality, as it is scored on held-out ones of it:
+    # a few speech positions among a text feature's top would let any audio measure "separate" them from
+    # the text negatives
+    ranked_i, ranked_a = of_modality(job, ranked_i, ranked_a, modality)
+    top_i, top_a = ranked_i[: c.top], ranked_a[: c.top]
     # held-out activating examples: quantiles of the rest of the top pool (as Delphi samples the
     # activation range of a feature's activating contexts), and of a uniform sample of all activations
     q_i, q_a = quantile_sample(job, ranked_i[c.top :], ranked_a[c.top :], modality, set(top_i))
@@ -127,6 +131,12 @@ def quantile_sample(job: Job, idx: list[int], acts: list[float], modality: str, 
     bins = np.array_split(np.arange(len(ok)), job.cfg.quantiles)
     pick = [ok[b[len(b) // 2]] for b in bins]
     return [i for _, i in pick], [a for a, _ in pick]
+
+
+def of_modality(job: Job, idx: list[int], acts: list[float], modality: str) -> tuple[list[int], list[float]]:
+    """The positions (and activations) of `modality` (text includes specials; mixed keeps all), in order."""
+    keep = [(i, a) for i, a in zip(idx, acts, strict=True) if _in_modality(job, i, modality)]
+    return [i for i, _ in keep], [a for _, a in keep]
 
 
 def _in_modality(job: Job, i: int, modality: str) -> bool:

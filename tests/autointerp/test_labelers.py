@@ -168,7 +168,7 @@ def test_top_activations_keep_one_of_each_identical_prefix():
 
     import torch
 
-    from ttslens.autointerp.record import top_activations
+    from ttslens.autointerp.record import of_modality, top_activations
     from ttslens.sae.activations import SPEECH, TEXT
 
     # positions 0-5: the same prefix (pos 3, act 4.0) in six items; 6-7: other text; 8-9: speech, 1 frame apart
@@ -182,6 +182,10 @@ def test_top_activations_keep_one_of_each_identical_prefix():
     job = SimpleNamespace(col=col, cfg=SimpleNamespace(top=10, clip_s=1.0), bb=SimpleNamespace(token_rate=25))
     keep, vals, share = top_activations(job, 0)
     assert keep == [0, 6, 7, 8] and vals == [4.0, 3.0, 2.5, 2.0] and share == pytest.approx(0.2)
+    # a text feature is labelled from its text positions only (as it is scored), a mixed one from all
+    assert of_modality(job, keep, vals, "text") == ([0, 6, 7], [4.0, 3.0, 2.5])
+    assert of_modality(job, keep, vals, "speech") == ([8], [2.0])
+    assert of_modality(job, keep, vals, "mixed") == (keep, vals)
 
 
 def test_audio_hypotheses_rank_text_positions_last():

@@ -69,8 +69,9 @@ class CodecConfig:
     """Griffin-Lim iterations of the decoder."""
     smooth_frames: int = 3
     """The decoder smooths the log-mel over this many mel frames (a triangular window; 1 = off) before
-    Griffin-Lim: sampled codes jitter from frame to frame, which Whisper hears as babble (DEV sentences:
-    generated WER 0.99 → 0.64, round trip unchanged; benchmarks/RESULTS.md, issue 12 step 6)."""
+    Griffin-Lim: sampled codes jitter from frame to frame, which Whisper hears as babble (generated WER
+    0.99 → 0.64 on the DEV sentences it was chosen on, 0.70 → 0.69 on the reported ones; round trip
+    unchanged; benchmarks/RESULTS.md, issue 12 step 6)."""
     kmeans_iters: int = 25
     """Lloyd iterations of each stage's k-means."""
     seed: int = 0
