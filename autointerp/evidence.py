@@ -20,17 +20,17 @@ from ttslens.sae.activations import MODALITIES, SPEECH, TEXT
 
 _WORD = re.compile(r"[a-z0-9']+")
 LAUGH_TAGS = ("[laughter]", "<laughter>", "<laugh>")
-CONTEXT_CHARS = 4  # text context kept per position for the context hypotheses (autointerp/labelers.py)
+CONTEXT = 3  # characters (text) or distinct sounds (speech) kept before a position, for the context hypotheses
 
 
 def _speech_before(toks: list[str], mod: torch.Tensor, p: int) -> tuple[str, ...]:
-    """The speech tokens before position p, repeats collapsed, without p's own run: the last CONTEXT_CHARS - 1
-    distinct sounds before this one (a demo frame repeats its phoneme while the phoneme lasts)."""
+    """The speech tokens before position p, repeats collapsed, without p's own run: the last CONTEXT distinct
+    sounds before this one (a demo frame repeats its phoneme while the phoneme lasts)."""
     out: list[str] = []
     i = p - 1
     while i >= 0 and int(mod[i]) == SPEECH and toks[i] == toks[p]:
         i -= 1
-    while i >= 0 and int(mod[i]) == SPEECH and len(out) < CONTEXT_CHARS - 1:
+    while i >= 0 and int(mod[i]) == SPEECH and len(out) < CONTEXT:
         if not out or toks[i] != out[0]:
             out.insert(0, toks[i])
         i -= 1
@@ -146,7 +146,7 @@ class Evidence:
         a, b = s["spans"][p]
         line = s["line"]
         ctx["window"] = (line[max(0, a - 32) : a] + "«" + line[a:b] + "»" + line[b : b + 8]).replace("\n", " ")
-        ctx["before"] = line[max(0, a - CONTEXT_CHARS) : a]  # the text just before this token
+        ctx["before"] = line[max(0, a - CONTEXT) : a]  # the text just before this token
         for m in _WORD.finditer(line):
             if m.start() <= a < m.end() or (a < m.end() and b > m.start()):
                 ctx |= {"word": m.group(), "word_initial": a == m.start(), "word_final": b >= m.end()}

@@ -47,6 +47,7 @@ MODALITY_BONUS = 0.02  # prefer evidence of the feature's own modality on near-t
 TOKEN_PENALTY = 0.05  # prefer an audio description to bare speech-token ids unless the ids are clearly better
 SET_PENALTY = 0.01  # per extra member of a token / context set: the simpler description wins a near-tie
 MAX_SET = 4  # a token hypothesis may grow to a set of this many tokens
+SET_KINDS = ("token", "context", "after")  # hypotheses that grow into sets (and read bare ids on the speech side)
 TIE = 0.03  # within this of the best score, an attribute-level audio measure wins
 ATTRIBUTES = ("laughter", "p_male", "syllable_rate")
 MIN_SUPPORT = 2  # a token / word must occur at this many top activations to become a hypothesis
@@ -146,11 +147,11 @@ def _context_label(kind: str, args: tuple[tuple, ...], speech: bool) -> str:
 
 
 def _contexts(ctx: dict) -> list[tuple[str, tuple]]:
-    """The (kind, (what came before, token)) context keys of a position: the token after its last 1-3
-    characters (text) or distinct speech tokens (speech), and any token after them."""
+    """The (kind, (what came before, token)) context keys of a position: the token after its last 1, 2, ...
+    characters (text) or distinct speech tokens (speech) that evidence kept, and any token after them."""
     before = ctx.get("before", "")
     keys = []
-    for n in range(1, min(len(before), 3) + 1):
+    for n in range(1, len(before) + 1):
         keys += [("context", (before[-n:], ctx["token"])), ("after", (before[-n:], ""))]
     return keys
 
@@ -234,13 +235,10 @@ def choose(hyps: list[Hypothesis], pos, neg, modality: str) -> Choice:
         a = _fit(h, pos, neg)
         if math.isnan(a):
             continue
-        if h.kind in ("token", "context", "after"):
-            h, a = _grow(h, a, pos, neg)
         bonus = MODALITY_BONUS if h.side == modality else 0.0
-        if h.kind in ("token", "context", "after") and h.side == "speech":
-            bonus -= TOKEN_PENALTY
-        if h.kind in ("token", "context", "after"):
-            bonus -= SET_PENALTY * (len(h.arg) - 1)
+        if h.kind in SET_KINDS:
+            h, a = _grow(h, a, pos, neg)
+            bonus -= SET_PENALTY * (len(h.arg) - 1) + (TOKEN_PENALTY if h.side == "speech" else 0.0)
         scored.append((a + bonus, a, h))
     scored.sort(key=lambda s: -s[0])
     if not scored:  # no hypothesis has an AUROC here (too few or constant examples): say so, unclear
@@ -253,7 +251,7 @@ def choose(hyps: list[Hypothesis], pos, neg, modality: str) -> Choice:
     if band:
         best = band[0]
     h = best[2]
-    if h.kind in ("token", "context", "after") and h.side == "speech":  # say what they sound like, if anything does
+    if h.kind in SET_KINDS and h.side == "speech":  # say what the tokens sound like, if anything does
         audio = [(a, g) for _, a, g in scored if g.kind == "measure" and a >= 0.7]
         if audio:
             h = h._replace(label=f"{h.label} ({audio[0][1].label})")

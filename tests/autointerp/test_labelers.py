@@ -107,7 +107,7 @@ def test_character_feature_is_named_by_its_context():
     words = ["the", "other", "with", "that", "ship", "hand", "ahead", "quit", "quest", "squad", "bus", "run"]
 
     def at(word: str, i: int) -> tuple[dict, None]:
-        return _text(word[i], word, before=(" " + word[:i])[-4:])
+        return _text(word[i], word, before=(" " + word[:i])[-3:])
 
     th = [at(w, i) for w in words for i in range(1, len(w)) if w[i - 1 : i + 1] == "th"]
     other = [at(w, i) for w in words for i in range(len(w)) if w[max(i - 1, 0) : i + 1] != "th"]
